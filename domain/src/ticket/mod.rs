@@ -1,0 +1,173 @@
+//! The Ticket aggregate: one customer problem from creation to closing.
+//!
+//! Lifecycle (the contract's `TicketStatus`):
+//!
+//! ```text
+//!   create ──► QUEUED ──claim/assign──► ASSIGNED ──start──► IN_PROGRESS
+//!                ▲                         │ ▲ assign (reassign)  │
+//!                │                         └─┴──────◄─────────────┤
+//!                │                         resolve               resolve
+//!                │                           ▼                    ▼
+//!                └────────reopen─────────  RESOLVED ──close──► CLOSED
+//!                                             (rate 1..5 once, while RESOLVED or CLOSED)
+//! ```
+//!
+//! Every refusal is a [`TicketError`] saying why; nothing is written when a command is
+//! refused.
+
+mod state;
+#[cfg(test)]
+mod tests;
+
+pub use state::{Ticket, TicketStatus};
+
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::actor::Actor;
+use crate::priority::{Priority, PrioritySource};
+
+/// A command for one ticket, issued by `actor` of `organization`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TicketCommand {
+    /// The caller's organization; a ticket of another organization is "not found".
+    pub organization: String,
+    /// Who issues the command.
+    pub actor: Actor,
+    /// What to do.
+    pub action: TicketAction,
+}
+
+/// The things that can be done to a ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TicketAction {
+    /// Opens the ticket. `number` is allocated by the caller, unique per organization.
+    Create {
+        number: i64,
+        subject: String,
+        description: Option<String>,
+        priority: Priority,
+        priority_source: PrioritySource,
+        division_id: Option<String>,
+    },
+    /// The calling agent takes a queued ticket.
+    Claim,
+    /// An admin gives the ticket to `agent_id` (also reassigns an assigned ticket).
+    Assign { agent_id: String },
+    /// The assignee starts working on it.
+    Start,
+    /// The work is done.
+    Resolve { resolution: Option<String> },
+    /// The ticket is filed away.
+    Close,
+    /// A resolved or closed ticket goes back to the queue.
+    Reopen { reason: Option<String> },
+    /// The ticket moves to another priority (and so another place in its queue).
+    ChangePriority { priority: Priority },
+    /// A note on the ticket.
+    AddComment { comment_id: String, text: String },
+    /// The customer's satisfaction, 1..5.
+    Rate {
+        rating: i32,
+        feedback: Option<String>,
+    },
+}
+
+/// How a ticket got its agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentVia {
+    /// The agent took it from the queue.
+    Claim,
+    /// An admin chose the agent.
+    Admin,
+}
+
+/// What happened to a ticket. Who and when are in the event's metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TicketEvent {
+    /// The ticket was opened and entered its division's queue.
+    TicketCreated {
+        organization: String,
+        number: i64,
+        subject: String,
+        description: Option<String>,
+        priority: Priority,
+        priority_source: PrioritySource,
+        division_id: Option<String>,
+    },
+    /// The ticket got an agent (first assignment or reassignment).
+    TicketAssigned {
+        agent_id: String,
+        previous_agent_id: Option<String>,
+        via: AssignmentVia,
+    },
+    /// The assignee started working.
+    TicketStarted { agent_id: String },
+    /// The work is done.
+    TicketResolved {
+        agent_id: Option<String>,
+        resolution: Option<String>,
+    },
+    /// The ticket was filed away.
+    TicketClosed,
+    /// The ticket went back to the queue; its last agent is remembered.
+    TicketReopened {
+        reason: Option<String>,
+        previous_agent_id: Option<String>,
+    },
+    /// The priority changed.
+    TicketPriorityChanged { from: Priority, to: Priority },
+    /// A comment was added.
+    CommentAdded {
+        comment_id: String,
+        author_id: String,
+        text: String,
+    },
+    /// The customer rated the handling.
+    TicketRated {
+        rating: i32,
+        feedback: Option<String>,
+    },
+}
+
+impl DomainEvent for TicketEvent {
+    fn event_type(&self) -> String {
+        match self {
+            TicketEvent::TicketCreated { .. } => "TicketCreated",
+            TicketEvent::TicketAssigned { .. } => "TicketAssigned",
+            TicketEvent::TicketStarted { .. } => "TicketStarted",
+            TicketEvent::TicketResolved { .. } => "TicketResolved",
+            TicketEvent::TicketClosed => "TicketClosed",
+            TicketEvent::TicketReopened { .. } => "TicketReopened",
+            TicketEvent::TicketPriorityChanged { .. } => "TicketPriorityChanged",
+            TicketEvent::CommentAdded { .. } => "CommentAdded",
+            TicketEvent::TicketRated { .. } => "TicketRated",
+        }
+        .to_string()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_string()
+    }
+}
+
+/// Why a ticket command was refused. These are business facts, never technical failures.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// No such ticket in the caller's organization.
+    #[error("ticket not found")]
+    NotFound,
+    /// A ticket with this id exists already.
+    #[error("ticket already exists")]
+    AlreadyExists,
+    /// The command's input is malformed (empty subject, rating out of range, ...).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The ticket's status does not allow the command.
+    #[error("{0}")]
+    InvalidTransition(String),
+    /// The caller may not do this to this ticket (e.g. not its assignee).
+    #[error("{0}")]
+    NotPermitted(String),
+}

@@ -1,0 +1,367 @@
+//! The Ticket aggregate's state and its command handling.
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+
+use super::{AssignmentVia, TicketAction, TicketCommand, TicketError, TicketEvent};
+use crate::actor::{Actor, Role};
+use crate::limits::{within, MAX_SUBJECT_CHARS, MAX_TEXT_CHARS};
+use crate::priority::Priority;
+
+/// Where a ticket is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TicketStatus {
+    /// Waiting in its division's queue.
+    Queued,
+    /// Given to an agent who has not started.
+    Assigned,
+    /// Being worked on.
+    InProgress,
+    /// Done; may be rated, closed or reopened.
+    Resolved,
+    /// Filed away; may be rated or reopened.
+    Closed,
+}
+
+impl TicketStatus {
+    /// The contract's name of the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TicketStatus::Queued => "QUEUED",
+            TicketStatus::Assigned => "ASSIGNED",
+            TicketStatus::InProgress => "IN_PROGRESS",
+            TicketStatus::Resolved => "RESOLVED",
+            TicketStatus::Closed => "CLOSED",
+        }
+    }
+
+    /// Whether the ticket occupies one of its agent's slots.
+    pub fn is_active(self) -> bool {
+        matches!(self, TicketStatus::Assigned | TicketStatus::InProgress)
+    }
+}
+
+/// A ticket as its events leave it: only what its rules need.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ticket {
+    organization: Option<String>,
+    number: i64,
+    status: Option<TicketStatus>,
+    priority: Option<Priority>,
+    assignee: Option<String>,
+    last_assignee: Option<String>,
+    rated: bool,
+}
+
+impl Aggregate for Ticket {
+    const TYPE: &'static str = "Ticket";
+    type Command = TicketCommand;
+    type Event = TicketEvent;
+    type Error = TicketError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: TicketCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), TicketError> {
+        let TicketCommand {
+            organization,
+            actor,
+            action,
+        } = command;
+        if let TicketAction::Create { .. } = action {
+            if self.status.is_some() {
+                return Err(TicketError::AlreadyExists);
+            }
+        } else {
+            self.ensure_visible_to(&organization)?;
+        }
+        for event in self.decide(organization, &actor, action)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: TicketEvent) {
+        match event {
+            TicketEvent::TicketCreated {
+                organization,
+                number,
+                priority,
+                ..
+            } => {
+                self.organization = Some(organization);
+                self.number = number;
+                self.priority = Some(priority);
+                self.status = Some(TicketStatus::Queued);
+            }
+            TicketEvent::TicketAssigned { agent_id, .. } => {
+                self.assignee = Some(agent_id.clone());
+                self.last_assignee = Some(agent_id);
+                self.status = Some(TicketStatus::Assigned);
+            }
+            TicketEvent::TicketStarted { .. } => self.status = Some(TicketStatus::InProgress),
+            TicketEvent::TicketResolved { .. } => self.status = Some(TicketStatus::Resolved),
+            TicketEvent::TicketClosed => self.status = Some(TicketStatus::Closed),
+            TicketEvent::TicketReopened { .. } => {
+                self.status = Some(TicketStatus::Queued);
+                self.assignee = None;
+                self.rated = false;
+            }
+            TicketEvent::TicketPriorityChanged { to, .. } => self.priority = Some(to),
+            TicketEvent::CommentAdded { .. } => {}
+            TicketEvent::TicketRated { .. } => self.rated = true,
+        }
+    }
+}
+
+impl Ticket {
+    /// The ticket's status; `None` before it is created.
+    pub fn status(&self) -> Option<TicketStatus> {
+        self.status
+    }
+
+    /// The agent holding the ticket, if any.
+    pub fn assignee(&self) -> Option<&str> {
+        self.assignee.as_deref()
+    }
+
+    fn ensure_visible_to(&self, organization: &str) -> Result<TicketStatus, TicketError> {
+        match (self.status, &self.organization) {
+            (Some(status), Some(owner)) if owner == organization => Ok(status),
+            _ => Err(TicketError::NotFound),
+        }
+    }
+
+    fn current(&self) -> TicketStatus {
+        self.status.unwrap_or(TicketStatus::Queued)
+    }
+
+    fn refuse<T>(&self, why: impl std::fmt::Display) -> Result<T, TicketError> {
+        Err(TicketError::InvalidTransition(format!(
+            "ticket #{} is {}: {why}",
+            self.number,
+            self.current().as_str()
+        )))
+    }
+
+    /// Admins act on any ticket; an agent only on the ticket they hold.
+    fn ensure_holder_or_admin(&self, actor: &Actor, what: &str) -> Result<(), TicketError> {
+        match actor.role {
+            Role::Admin => Ok(()),
+            Role::Agent if self.assignee.as_deref() == Some(actor.id.as_str()) => Ok(()),
+            _ => Err(TicketError::NotPermitted(format!(
+                "only the ticket's assignee or an admin may {what} ticket #{}",
+                self.number
+            ))),
+        }
+    }
+
+    fn decide(
+        &self,
+        organization: String,
+        actor: &Actor,
+        action: TicketAction,
+    ) -> Result<Vec<TicketEvent>, TicketError> {
+        let status = self.current();
+        let event = match action {
+            TicketAction::Create {
+                number,
+                subject,
+                description,
+                priority,
+                priority_source,
+                division_id,
+            } => {
+                let subject = subject.trim().to_string();
+                if subject.is_empty() {
+                    return Err(invalid("subject must not be empty"));
+                }
+                if !within(&subject, MAX_SUBJECT_CHARS) {
+                    return Err(invalid(format!(
+                        "subject must be at most {MAX_SUBJECT_CHARS} characters"
+                    )));
+                }
+                let description = optional_text(description, "description")?;
+                if number < 1 {
+                    return Err(invalid("ticket number must be positive"));
+                }
+                if division_id.as_deref().is_some_and(|d| d.trim().is_empty()) {
+                    return Err(invalid("divisionId must not be empty"));
+                }
+                TicketEvent::TicketCreated {
+                    organization,
+                    number,
+                    subject,
+                    description,
+                    priority,
+                    priority_source,
+                    division_id,
+                }
+            }
+            TicketAction::Claim => {
+                if actor.role != Role::Agent {
+                    return Err(TicketError::NotPermitted(
+                        "only agents claim tickets; admins assign them".into(),
+                    ));
+                }
+                if status != TicketStatus::Queued {
+                    return self.refuse("only a queued ticket can be claimed");
+                }
+                TicketEvent::TicketAssigned {
+                    agent_id: actor.id.clone(),
+                    previous_agent_id: None,
+                    via: AssignmentVia::Claim,
+                }
+            }
+            TicketAction::Assign { agent_id } => {
+                if actor.role != Role::Admin {
+                    return Err(TicketError::NotPermitted(
+                        "only admins assign tickets to agents".into(),
+                    ));
+                }
+                if agent_id.trim().is_empty() {
+                    return Err(invalid("agentId must not be empty"));
+                }
+                if !matches!(
+                    status,
+                    TicketStatus::Queued | TicketStatus::Assigned | TicketStatus::InProgress
+                ) {
+                    return self.refuse("a resolved or closed ticket must be reopened first");
+                }
+                if self.assignee.as_deref() == Some(agent_id.as_str()) {
+                    return self.refuse(format!("it is already assigned to agent {agent_id}"));
+                }
+                TicketEvent::TicketAssigned {
+                    agent_id,
+                    previous_agent_id: self.assignee.clone(),
+                    via: AssignmentVia::Admin,
+                }
+            }
+            TicketAction::Start => {
+                if status != TicketStatus::Assigned {
+                    return self.refuse("only an assigned ticket can be started");
+                }
+                self.ensure_holder_or_admin(actor, "start")?;
+                TicketEvent::TicketStarted {
+                    agent_id: self.assignee.clone().unwrap_or_default(),
+                }
+            }
+            TicketAction::Resolve { resolution } => {
+                if !status.is_active() {
+                    return self.refuse("only an assigned or in-progress ticket can be resolved");
+                }
+                self.ensure_holder_or_admin(actor, "resolve")?;
+                TicketEvent::TicketResolved {
+                    agent_id: self.assignee.clone(),
+                    resolution: optional_text(resolution, "resolution")?,
+                }
+            }
+            TicketAction::Close => {
+                match status {
+                    TicketStatus::Closed => return self.refuse("it is already closed"),
+                    TicketStatus::Resolved => self.ensure_holder_or_admin_or_last(actor)?,
+                    _ if actor.role == Role::Admin => {}
+                    _ => {
+                        return self.refuse(
+                            "only a resolved ticket can be closed (admins may close open tickets)",
+                        )
+                    }
+                }
+                TicketEvent::TicketClosed
+            }
+            TicketAction::Reopen { reason } => {
+                if !matches!(status, TicketStatus::Resolved | TicketStatus::Closed) {
+                    return self.refuse("only a resolved or closed ticket can be reopened");
+                }
+                self.ensure_holder_or_admin_or_last(actor)?;
+                TicketEvent::TicketReopened {
+                    reason: optional_text(reason, "reason")?,
+                    previous_agent_id: self.last_assignee.clone(),
+                }
+            }
+            TicketAction::ChangePriority { priority } => {
+                if matches!(status, TicketStatus::Resolved | TicketStatus::Closed) {
+                    return self.refuse("the priority of a finished ticket cannot change");
+                }
+                let from = self.priority.unwrap_or(Priority::Medium);
+                if from == priority {
+                    // Asking for the priority it already has changes nothing: no event.
+                    return Ok(vec![]);
+                }
+                TicketEvent::TicketPriorityChanged { from, to: priority }
+            }
+            TicketAction::AddComment { comment_id, text } => {
+                if status == TicketStatus::Closed {
+                    return self.refuse("reopen it to comment");
+                }
+                let text = text.trim().to_string();
+                if text.is_empty() {
+                    return Err(invalid("comment text must not be empty"));
+                }
+                if !within(&text, MAX_TEXT_CHARS) {
+                    return Err(invalid(format!(
+                        "comment text must be at most {MAX_TEXT_CHARS} characters"
+                    )));
+                }
+                TicketEvent::CommentAdded {
+                    comment_id,
+                    author_id: actor.id.clone(),
+                    text,
+                }
+            }
+            TicketAction::Rate { rating, feedback } => {
+                if !(1..=5).contains(&rating) {
+                    return Err(invalid("rating must be between 1 and 5"));
+                }
+                if !matches!(status, TicketStatus::Resolved | TicketStatus::Closed) {
+                    return self.refuse("only a resolved or closed ticket can be rated");
+                }
+                if self.rated {
+                    return self.refuse("it has been rated already");
+                }
+                TicketEvent::TicketRated {
+                    rating,
+                    feedback: optional_text(feedback, "feedback")?,
+                }
+            }
+        };
+        Ok(vec![event])
+    }
+
+    /// For finished tickets the "holder" is the agent who last had it.
+    fn ensure_holder_or_admin_or_last(&self, actor: &Actor) -> Result<(), TicketError> {
+        match actor.role {
+            Role::Admin => Ok(()),
+            Role::Agent if self.last_assignee.as_deref() == Some(actor.id.as_str()) => Ok(()),
+            _ => Err(TicketError::NotPermitted(format!(
+                "only the ticket's last agent or an admin may close or reopen ticket #{}",
+                self.number
+            ))),
+        }
+    }
+}
+
+fn invalid(why: impl Into<String>) -> TicketError {
+    TicketError::InvalidInput(why.into())
+}
+
+/// Trims an optional free text; blank becomes `None`; too long is refused.
+fn optional_text(value: Option<String>, field: &str) -> Result<Option<String>, TicketError> {
+    let Some(value) = value.map(|v| v.trim().to_string()) else {
+        return Ok(None);
+    };
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if !within(&value, MAX_TEXT_CHARS) {
+        return Err(invalid(format!(
+            "{field} must be at most {MAX_TEXT_CHARS} characters"
+        )));
+    }
+    Ok(Some(value))
+}
