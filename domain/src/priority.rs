@@ -177,7 +177,9 @@ mod tests {
     fn urgent_words_win_over_low_words() {
         let keywords = PriorityKeywords::default();
         assert_eq!(
-            keywords.detect("nanti saja, eh ternyata gawat").map(|(p, _)| p),
+            keywords
+                .detect("nanti saja, eh ternyata gawat")
+                .map(|(p, _)| p),
             Some(Priority::Urgent)
         );
     }
@@ -209,11 +211,21 @@ mod tests {
 
     #[test]
     fn queue_rank_orders_urgent_first() {
-        let mut all = [Priority::Low, Priority::Urgent, Priority::Medium, Priority::High];
+        let mut all = [
+            Priority::Low,
+            Priority::Urgent,
+            Priority::Medium,
+            Priority::High,
+        ];
         all.sort_by_key(|p| p.queue_rank());
         assert_eq!(
             all,
-            [Priority::Urgent, Priority::High, Priority::Medium, Priority::Low]
+            [
+                Priority::Urgent,
+                Priority::High,
+                Priority::Medium,
+                Priority::Low
+            ]
         );
     }
 }

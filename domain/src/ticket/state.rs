@@ -73,6 +73,11 @@ impl Aggregate for Ticket {
             actor,
             action,
         } = command;
+        if actor.role == Role::Analyst {
+            return Err(TicketError::NotPermitted(
+                "analysts read tickets; they never change them".into(),
+            ));
+        }
         if let TicketAction::Create { .. } = action {
             if self.status.is_some() {
                 return Err(TicketError::AlreadyExists);
@@ -315,6 +320,11 @@ impl Ticket {
                 }
             }
             TicketAction::Rate { rating, feedback } => {
+                if !matches!(actor.role, Role::Admin | Role::Service) {
+                    return Err(TicketError::NotPermitted(
+                        "ratings come from the customer's channel or an admin".into(),
+                    ));
+                }
                 if !(1..=5).contains(&rating) {
                     return Err(invalid("rating must be between 1 and 5"));
                 }
