@@ -1,1 +1,26 @@
-//! placeholder
+//! The storage and read side of the helpdesk.
+//!
+//! - [`db`]: the database handle (embedded SQLite or PostgreSQL), chosen from the URL, and
+//!   the migrations under `migrations/` that run at start.
+//! - [`event_store`]: the cqrs-es event repository over either backend, so the write side has
+//!   one code path.
+//! - [`event_log`]: the event log read in its global commit order (SQLite: explicit position;
+//!   PostgreSQL: the xid8 fence of brief rule 5), and the [`event_log::Checkpoint`] that
+//!   marks a place in it.
+//! - [`runner`]: the projection runner — reads the log from a per-projection checkpoint and
+//!   writes rows and the new checkpoint in one transaction (no event skipped, none applied
+//!   twice), wakes on new events, and lets commands wait until their events are visible.
+//! - [`tickets`], [`queue`], [`divisions`]: the read models and their queries.
+//! - [`telemetry`]: counters and histograms exported at `/metrics`.
+
+pub mod db;
+pub mod divisions;
+pub mod event_log;
+pub mod event_store;
+pub mod queue;
+pub mod runner;
+pub mod telemetry;
+pub mod tickets;
+
+pub use db::{Database, DbError};
+pub use event_log::{Checkpoint, StoredEvent};

@@ -1,0 +1,131 @@
+//! The "divisions" projection: the divisions of each organization, in menu order.
+
+use async_trait::async_trait;
+use domain::division::DivisionEvent;
+use sqlx::FromRow;
+
+use crate::db::{timestamp, Database, DbError, Tx};
+use crate::event_log::StoredEvent;
+use crate::on_backend;
+use crate::runner::Projection;
+
+/// Builds `divisions` from Division events.
+#[derive(Debug, Default)]
+pub struct DivisionsProjection;
+
+#[async_trait]
+impl Projection for DivisionsProjection {
+    fn name(&self) -> &'static str {
+        "divisions"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["divisions"]
+    }
+
+    async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
+        if event.aggregate_type != "Division" {
+            return Ok(());
+        }
+        match event.decode::<DivisionEvent>()? {
+            DivisionEvent::DivisionCreated {
+                organization,
+                profile,
+            } => {
+                let keywords = serde_json::to_string(&profile.keywords)
+                    .map_err(|e| DbError::Corrupt(e.to_string()))?;
+                let mode = serde_json::to_value(profile.assignment_mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let algorithm = serde_json::to_value(profile.algorithm)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                on_backend!(tx, |t| {
+                    sqlx::query(
+                        "INSERT INTO divisions (id, organization_id, name, description, keywords,
+                        menu_position, assignment_mode, algorithm, avg_handling_minutes, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    )
+                    .bind(&event.aggregate_id)
+                    .bind(&organization)
+                    .bind(&profile.name)
+                    .bind(&profile.description)
+                    .bind(&keywords)
+                    .bind(profile.position)
+                    .bind(&mode)
+                    .bind(&algorithm)
+                    .bind(profile.avg_handling_minutes)
+                    .bind(timestamp(event.occurred_at()))
+                    .execute(&mut **t)
+                    .await?;
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A division as the read model holds it.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct DivisionRecord {
+    /// The division id.
+    pub id: String,
+    /// Shown in the menu.
+    pub name: String,
+    /// Shown under the name.
+    pub description: Option<String>,
+    /// JSON array of routing words.
+    pub keywords: String,
+    /// Menu place; `None` sorts last.
+    pub menu_position: Option<i64>,
+    /// `AUTO` or `CLAIM`.
+    pub assignment_mode: String,
+    /// `ROUND_ROBIN`, `LEAST_LOADED` or `RANDOM`.
+    pub algorithm: String,
+    /// Typical handling time.
+    pub avg_handling_minutes: i64,
+    /// Stored timestamp.
+    pub created_at: String,
+}
+
+impl DivisionRecord {
+    /// The routing words.
+    pub fn keywords(&self) -> Vec<String> {
+        serde_json::from_str(&self.keywords).unwrap_or_default()
+    }
+}
+
+const COLUMNS: &str = "id, name, description, keywords, menu_position, assignment_mode, algorithm,
+    avg_handling_minutes, created_at";
+
+/// The divisions of `organization` in menu order (position, then creation).
+pub async fn divisions(db: &Database, organization: &str) -> Result<Vec<DivisionRecord>, DbError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM divisions WHERE organization_id = $1
+          ORDER BY CASE WHEN menu_position IS NULL THEN 1 ELSE 0 END, menu_position, created_at, id"
+    );
+    Ok(on_backend!(db, |pool| sqlx::query_as::<_, DivisionRecord>(
+        &sql
+    )
+    .bind(organization)
+    .fetch_all(pool)
+    .await?))
+}
+
+/// One division of `organization`.
+pub async fn division(
+    db: &Database,
+    organization: &str,
+    id: &str,
+) -> Result<Option<DivisionRecord>, DbError> {
+    let sql = format!("SELECT {COLUMNS} FROM divisions WHERE id = $1 AND organization_id = $2");
+    Ok(on_backend!(db, |pool| sqlx::query_as::<_, DivisionRecord>(
+        &sql
+    )
+    .bind(id)
+    .bind(organization)
+    .fetch_optional(pool)
+    .await?))
+}

@@ -1,0 +1,417 @@
+//! The projection runner (brief rule 6).
+//!
+//! Each projection owns some tables and a row in `projection_checkpoints`. The runner reads
+//! the log in global order after the checkpoint, and in **one transaction** moves the
+//! checkpoint forward (guarded: only if it still holds the value this runner read) and
+//! applies the batch. So an event is never skipped, never applied twice, and a crash at any
+//! point leaves rows and checkpoint in step. Two runners of one projection (two replicas)
+//! cannot both apply a batch: the second one's guarded update matches no row and it rolls
+//! back. A rebuild is the same code from [`Checkpoint::START`].
+
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{Backend, Database, DbError, Tx};
+use crate::event_log::{self, Checkpoint, StoredEvent};
+use crate::on_backend;
+use crate::telemetry::{label, CounterFamily, HistogramFamily};
+
+/// A read model built from the log.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Its name in `projection_checkpoints` and on the command line.
+    fn name(&self) -> &'static str;
+    /// The tables it owns; a rebuild empties them.
+    fn tables(&self) -> &'static [&'static str];
+    /// Applies one event inside the runner's transaction. Must be deterministic: time comes
+    /// from the event's metadata, never from the clock.
+    async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError>;
+}
+
+/// How many events a runner applies per transaction.
+pub const BATCH_SIZE: i64 = 500;
+
+/// Rings whenever events are committed, so idle runners wake at once instead of polling.
+#[derive(Debug, Clone)]
+pub struct LogSignal {
+    sender: Arc<watch::Sender<u64>>,
+}
+
+impl Default for LogSignal {
+    fn default() -> Self {
+        Self {
+            sender: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl LogSignal {
+    /// Says that new events were committed.
+    pub fn ring(&self) {
+        self.sender.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every ring after this call.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.sender.subscribe()
+    }
+
+    /// On PostgreSQL, rings on every `helpdesk_events` notification (sent by a trigger when
+    /// any replica commits events). Reconnects on failure; polling covers the gaps.
+    pub fn listen_to_postgres(&self, db: &Database, shutdown: CancellationToken) {
+        let Backend::Postgres(pool) = db else { return };
+        let pool = pool.clone();
+        let signal = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let listened = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    listener.listen("helpdesk_events").await?;
+                    loop {
+                        listener.recv().await?;
+                        signal.ring();
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), sqlx::Error>(())
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    result = listened => {
+                        if let Err(error) = result {
+                            tracing::warn!(%error, "event notification listener failed; reconnecting");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+}
+
+/// Figures the runners report, exported at `/metrics`.
+#[derive(Debug, Default)]
+pub struct ProjectionTelemetry {
+    /// Seconds from an event's `occurred_at` to the commit of its projection row.
+    pub lag: HistogramFamily,
+    /// Events applied, per projection.
+    pub applied: CounterFamily,
+    /// Failed batches, per projection.
+    pub failures: CounterFamily,
+}
+
+/// Where every projection of this process stands; commands wait on it for read-your-writes.
+#[derive(Debug, Clone, Default)]
+pub struct ProjectionProgress {
+    receivers: BTreeMap<&'static str, watch::Receiver<Checkpoint>>,
+}
+
+/// A projection did not reach the wanted place in time.
+#[derive(Debug, thiserror::Error)]
+#[error("projection '{projection}' has not reached the change yet")]
+pub struct Lagging {
+    /// The first projection found behind.
+    pub projection: &'static str,
+}
+
+impl ProjectionProgress {
+    /// The checkpoint of each projection, by name.
+    pub fn checkpoints(&self) -> BTreeMap<&'static str, Checkpoint> {
+        self.receivers
+            .iter()
+            .map(|(name, rx)| (*name, *rx.borrow()))
+            .collect()
+    }
+
+    /// Waits until every projection has passed `target`, at most `timeout`.
+    pub async fn wait_for(&self, target: Checkpoint, timeout: Duration) -> Result<(), Lagging> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (name, receiver) in &self.receivers {
+            let mut receiver = receiver.clone();
+            let reached = tokio::time::timeout_at(deadline, async {
+                receiver.wait_for(|cp| *cp >= target).await.is_ok()
+            })
+            .await;
+            if reached != Ok(true) {
+                return Err(Lagging { projection: name });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Test and operations hooks.
+#[derive(Debug, Clone, Default)]
+pub struct RunnerOptions {
+    /// Stop forever right before committing a batch of this projection, after printing
+    /// `FAILPOINT projection-before-commit:<name>` on stdout — lets a test kill the process
+    /// between an event's commit and its projection's.
+    pub pause_before_commit: Option<String>,
+}
+
+/// The projection runners of one process.
+pub struct ProjectionRunners {
+    db: Database,
+    projections: Vec<Arc<dyn Projection>>,
+    signal: LogSignal,
+    telemetry: Arc<ProjectionTelemetry>,
+    options: RunnerOptions,
+}
+
+impl ProjectionRunners {
+    /// Prepares runners for `projections` over `db`.
+    pub fn new(
+        db: Database,
+        projections: Vec<Arc<dyn Projection>>,
+        signal: LogSignal,
+        telemetry: Arc<ProjectionTelemetry>,
+        options: RunnerOptions,
+    ) -> Self {
+        Self {
+            db,
+            projections,
+            signal,
+            telemetry,
+            options,
+        }
+    }
+
+    /// Starts one task per projection; they stop when `shutdown` is cancelled. Returns
+    /// where each stands, for read-your-writes waits.
+    pub async fn start(
+        self,
+        shutdown: CancellationToken,
+    ) -> Result<(ProjectionProgress, Vec<tokio::task::JoinHandle<()>>), DbError> {
+        let mut progress = ProjectionProgress::default();
+        let mut tasks = Vec::new();
+        for projection in self.projections {
+            let start = load_checkpoint(&self.db, projection.name()).await?;
+            let (sender, receiver) = watch::channel(start);
+            progress.receivers.insert(projection.name(), receiver);
+            let runner = Runner {
+                db: self.db.clone(),
+                projection,
+                progress: sender,
+                telemetry: self.telemetry.clone(),
+                options: self.options.clone(),
+            };
+            let wake = self.signal.subscribe();
+            tasks.push(tokio::spawn(runner.run(wake, shutdown.clone())));
+        }
+        Ok((progress, tasks))
+    }
+}
+
+struct Runner {
+    db: Database,
+    projection: Arc<dyn Projection>,
+    progress: watch::Sender<Checkpoint>,
+    telemetry: Arc<ProjectionTelemetry>,
+    options: RunnerOptions,
+}
+
+/// How long an idle runner sleeps when no signal comes (other replicas' events, missed
+/// notifications, the PostgreSQL fence held by a transaction that wrote no events).
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
+impl Runner {
+    async fn run(self, mut wake: watch::Receiver<u64>, shutdown: CancellationToken) {
+        let name = self.projection.name();
+        let mut failures = 0u32;
+        let mut fence_retries = 0u32;
+        loop {
+            let checkpoint = *self.progress.borrow();
+            let step = batch(
+                &self.db,
+                self.projection.as_ref(),
+                checkpoint,
+                Some(&self.telemetry),
+                self.options.pause_before_commit.as_deref() == Some(name),
+            )
+            .await;
+            let pause = match step {
+                Ok(Step::Advanced(to)) => {
+                    failures = 0;
+                    fence_retries = 0;
+                    self.progress.send_replace(to);
+                    continue;
+                }
+                Ok(Step::Overtaken) => match load_checkpoint(&self.db, name).await {
+                    Ok(to) => {
+                        self.progress.send_replace(to);
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(projection = name, %error, "cannot reload checkpoint");
+                        Duration::from_millis(200)
+                    }
+                },
+                Ok(Step::Idle) => {
+                    failures = 0;
+                    // After a ring the events may still be hidden behind the PostgreSQL
+                    // fence for a few milliseconds: look again soon, backing off.
+                    if fence_retries < 8 && wake.has_changed().unwrap_or(false) {
+                        fence_retries += 1;
+                        Duration::from_millis(1 << fence_retries)
+                    } else {
+                        fence_retries = 0;
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = wake.changed() => {
+                                wake.mark_unchanged();
+                                // Stay "changed" once so a fence retry follows if needed.
+                                fence_retries = 1;
+                                continue;
+                            }
+                            _ = tokio::time::sleep(IDLE_POLL) => continue,
+                        }
+                    }
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    self.telemetry
+                        .failures
+                        .add(format!("projection=\"{}\"", label(name)), 1);
+                    tracing::error!(projection = name, %error, "projection batch failed; retrying");
+                    Duration::from_millis(100u64 << failures.min(6))
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Applied events; the checkpoint is now here.
+    Advanced(Checkpoint),
+    /// Nothing new to apply.
+    Idle,
+    /// Someone else (another replica, a rebuild) moved the checkpoint first.
+    Overtaken,
+}
+
+/// Applies the next batch after `checkpoint` in one transaction with the checkpoint move.
+pub async fn batch(
+    db: &Database,
+    projection: &dyn Projection,
+    checkpoint: Checkpoint,
+    telemetry: Option<&ProjectionTelemetry>,
+    pause_before_commit: bool,
+) -> Result<Step, DbError> {
+    let events = event_log::read_after(db, checkpoint, BATCH_SIZE).await?;
+    let Some(last) = events.last() else {
+        return Ok(Step::Idle);
+    };
+    let to = last.checkpoint;
+    let mut tx = db.begin().await?;
+    // The guarded move comes first: on SQLite it takes the write lock before any read.
+    let moved = on_backend!(&mut tx, |t| sqlx::query(
+        "UPDATE projection_checkpoints SET tx_id = $1, position = $2, updated_at = $3
+          WHERE name = $4 AND tx_id = $5 AND position = $6"
+    )
+    .bind(to.tx_id)
+    .bind(to.position)
+    .bind(last.metadata.occurred_at.to_rfc3339())
+    .bind(projection.name())
+    .bind(checkpoint.tx_id)
+    .bind(checkpoint.position)
+    .execute(&mut **t)
+    .await?
+    .rows_affected());
+    if moved != 1 {
+        return Ok(Step::Overtaken);
+    }
+    for event in &events {
+        projection.apply(&mut tx, event).await?;
+    }
+    if pause_before_commit {
+        println!("FAILPOINT projection-before-commit:{}", projection.name());
+        let _ = std::io::stdout().flush();
+        std::future::pending::<()>().await;
+    }
+    tx.commit().await?;
+    if let Some(telemetry) = telemetry {
+        let labels = format!("projection=\"{}\"", label(projection.name()));
+        let now = chrono::Utc::now();
+        for event in &events {
+            let lag = (now - event.occurred_at()).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            telemetry.lag.observe(labels.clone(), lag);
+        }
+        telemetry.applied.add(labels, events.len() as u64);
+    }
+    Ok(Step::Advanced(to))
+}
+
+/// Reads (creating if needed) the checkpoint of `name`.
+pub async fn load_checkpoint(db: &Database, name: &str) -> Result<Checkpoint, DbError> {
+    let (tx_id, position): (i64, i64) = on_backend!(db, |pool| {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(pool)
+        .await?;
+        sqlx::query_as("SELECT tx_id, position FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_one(pool)
+            .await?
+    });
+    Ok(Checkpoint { tx_id, position })
+}
+
+/// Empties the projection's tables and moves its checkpoint back to the start, in one
+/// transaction; running runners notice and rebuild from there.
+pub async fn reset(db: &Database, projection: &dyn Projection) -> Result<(), DbError> {
+    load_checkpoint(db, projection.name()).await?;
+    let mut tx = db.begin().await?;
+    on_backend!(&mut tx, |t| {
+        sqlx::query(
+            "UPDATE projection_checkpoints SET tx_id = 0, position = 0, updated_at = NULL
+              WHERE name = $1",
+        )
+        .bind(projection.name())
+        .execute(&mut **t)
+        .await?;
+        for table in projection.tables() {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut **t)
+                .await?;
+        }
+    });
+    tx.commit().await
+}
+
+/// Applies batches until the projection has passed everything committed when it started,
+/// calling `on_batch` with the checkpoint after each. Used by `helpdesk replay` and tests.
+pub async fn catch_up(
+    db: &Database,
+    projection: &dyn Projection,
+    mut on_batch: impl FnMut(Checkpoint),
+) -> Result<Checkpoint, DbError> {
+    let target = event_log::log_head(db).await?;
+    let mut checkpoint = load_checkpoint(db, projection.name()).await?;
+    while checkpoint < target {
+        match batch(db, projection, checkpoint, None, false).await? {
+            Step::Advanced(to) => {
+                checkpoint = to;
+                on_batch(to);
+            }
+            Step::Overtaken => checkpoint = load_checkpoint(db, projection.name()).await?,
+            // The fence may hide the head for a moment on PostgreSQL.
+            Step::Idle => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    Ok(checkpoint)
+}

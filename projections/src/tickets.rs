@@ -1,0 +1,502 @@
+//! The "tickets" projection: ticket details, comments and the queue entries, written together
+//! so that a ticket's status and its place in the queue never disagree.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::priority::Priority;
+use domain::ticket::{TicketEvent, TicketStatus};
+use sqlx::FromRow;
+
+use crate::db::{parse_timestamp, timestamp, Bind, Database, DbError, Statement, Tx};
+use crate::event_log::StoredEvent;
+use crate::runner::Projection;
+use crate::{bind_all, on_backend};
+
+/// Builds `tickets`, `ticket_comments` and `queue_entries` from Ticket events.
+#[derive(Debug, Default)]
+pub struct TicketsProjection;
+
+/// The projection's name.
+pub const TICKETS: &str = "tickets";
+
+/// The division key of tickets without a division in `queue_entries`.
+pub const NO_DIVISION: &str = "";
+
+#[async_trait]
+impl Projection for TicketsProjection {
+    fn name(&self) -> &'static str {
+        TICKETS
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["tickets", "ticket_comments", "queue_entries"]
+    }
+
+    async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
+        if event.aggregate_type != "Ticket" {
+            return Ok(());
+        }
+        let id = event.aggregate_id.as_str();
+        let at = timestamp(event.occurred_at());
+        let version = event.sequence;
+        match event.decode::<TicketEvent>()? {
+            TicketEvent::TicketCreated {
+                organization,
+                number,
+                subject,
+                description,
+                priority,
+                division_id,
+                ..
+            } => {
+                on_backend!(tx, |t| {
+                    sqlx::query(
+                        "INSERT INTO tickets (id, organization_id, number, subject, description,
+                            status, priority, division_id, created_by, created_at, updated_at, version)
+                         VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, $9, $10)",
+                    )
+                    .bind(id)
+                    .bind(&organization)
+                    .bind(number)
+                    .bind(&subject)
+                    .bind(&description)
+                    .bind(priority.as_str())
+                    .bind(&division_id)
+                    .bind(&event.metadata.actor.id)
+                    .bind(&at)
+                    .bind(version)
+                    .execute(&mut **t)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
+                            priority_rank, waiting_since, number)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(id)
+                    .bind(&organization)
+                    .bind(division_id.as_deref().unwrap_or(NO_DIVISION))
+                    .bind(priority.queue_rank())
+                    .bind(&at)
+                    .bind(number)
+                    .execute(&mut **t)
+                    .await?;
+                });
+            }
+            TicketEvent::TicketAssigned { agent_id, .. } => {
+                update(
+                    tx,
+                    "status = 'ASSIGNED', assignee_id = $3, assigned_at = $4",
+                    id,
+                    version,
+                    &[Bind::Text(agent_id), Bind::Text(at.clone())],
+                    &at,
+                )
+                .await?;
+                leave_queue(tx, id).await?;
+            }
+            TicketEvent::TicketStarted { .. } => {
+                update(tx, "status = 'IN_PROGRESS'", id, version, &[], &at).await?;
+            }
+            TicketEvent::TicketResolved { resolution, .. } => {
+                let resolution = resolution.map(Bind::Text);
+                let (set, binds) = match resolution {
+                    Some(r) => (
+                        "status = 'RESOLVED', resolved_at = $3, resolution = $4",
+                        vec![Bind::Text(at.clone()), r],
+                    ),
+                    None => (
+                        "status = 'RESOLVED', resolved_at = $3, resolution = NULL",
+                        vec![Bind::Text(at.clone())],
+                    ),
+                };
+                update(tx, set, id, version, &binds, &at).await?;
+            }
+            TicketEvent::TicketClosed => {
+                update(
+                    tx,
+                    "status = 'CLOSED', closed_at = $3",
+                    id,
+                    version,
+                    &[Bind::Text(at.clone())],
+                    &at,
+                )
+                .await?;
+                leave_queue(tx, id).await?;
+            }
+            TicketEvent::TicketReopened { .. } => {
+                update(
+                    tx,
+                    "status = 'QUEUED', assignee_id = NULL, assigned_at = NULL, resolved_at = NULL,
+                     closed_at = NULL, resolution = NULL, rating = NULL, feedback = NULL",
+                    id,
+                    version,
+                    &[],
+                    &at,
+                )
+                .await?;
+                // Back in the queue, behind those already waiting.
+                on_backend!(tx, |t| {
+                    sqlx::query(
+                        "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
+                        priority_rank, waiting_since, number)
+                     SELECT id, organization_id, COALESCE(division_id, ''),
+                        CASE priority WHEN 'URGENT' THEN 0 WHEN 'HIGH' THEN 1
+                                      WHEN 'MEDIUM' THEN 2 ELSE 3 END,
+                        $2, number
+                       FROM tickets WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(&at)
+                    .execute(&mut **t)
+                    .await?;
+                });
+            }
+            TicketEvent::TicketPriorityChanged { to, .. } => {
+                update(
+                    tx,
+                    "priority = $3",
+                    id,
+                    version,
+                    &[Bind::Text(to.as_str().into())],
+                    &at,
+                )
+                .await?;
+                on_backend!(tx, |t| {
+                    sqlx::query("UPDATE queue_entries SET priority_rank = $2 WHERE ticket_id = $1")
+                        .bind(id)
+                        .bind(to.queue_rank())
+                        .execute(&mut **t)
+                        .await?;
+                });
+            }
+            TicketEvent::CommentAdded {
+                comment_id,
+                author_id,
+                text,
+            } => {
+                update(tx, "", id, version, &[], &at).await?;
+                on_backend!(tx, |t| {
+                    sqlx::query(
+                    "INSERT INTO ticket_comments (id, ticket_id, organization_id, author_id, text,
+                        created_at, position)
+                     SELECT $1, id, organization_id, $2, $3, $4, $5 FROM tickets WHERE id = $6"
+                )
+                .bind(&comment_id)
+                .bind(&author_id)
+                .bind(&text)
+                .bind(&at)
+                .bind(event.position())
+                .bind(id)
+                .execute(&mut **t)
+                .await?;
+                });
+            }
+            TicketEvent::TicketRated { rating, feedback } => {
+                let mut binds = vec![Bind::Int(rating as i64)];
+                let set = match feedback {
+                    Some(f) => {
+                        binds.push(Bind::Text(f));
+                        "rating = $3, feedback = $4"
+                    }
+                    None => "rating = $3, feedback = NULL",
+                };
+                update(tx, set, id, version, &binds, &at).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `UPDATE tickets SET <set>, updated_at, version WHERE id` (`set` may be empty). `$1` is the id, `$2` the
+/// version; `set` uses `$3...` for `binds`.
+async fn update(
+    tx: &mut Tx,
+    set: &str,
+    id: &str,
+    version: i64,
+    binds: &[Bind],
+    at: &str,
+) -> Result<(), DbError> {
+    let mut statement = Statement::new("");
+    statement.bind(Bind::Text(id.into()));
+    statement.bind(Bind::Int(version));
+    statement.binds.extend_from_slice(binds);
+    let at_placeholder = statement.bind(Bind::Text(at.into()));
+    let set = if set.is_empty() {
+        String::new()
+    } else {
+        format!("{set}, ")
+    };
+    statement.sql = format!(
+        "UPDATE tickets SET {set}updated_at = {at_placeholder}, version = $2 WHERE id = $1"
+    );
+    let updated = on_backend!(tx, |t| bind_all!(sqlx::query(&statement.sql), statement)
+        .execute(&mut **t)
+        .await?
+        .rows_affected());
+    if updated != 1 {
+        return Err(DbError::Corrupt(format!(
+            "ticket {id} event {version} has no ticket row to update"
+        )));
+    }
+    Ok(())
+}
+
+async fn leave_queue(tx: &mut Tx, id: &str) -> Result<(), DbError> {
+    on_backend!(tx, |t| {
+        sqlx::query("DELETE FROM queue_entries WHERE ticket_id = $1")
+            .bind(id)
+            .execute(&mut **t)
+            .await?;
+    });
+    Ok(())
+}
+
+/// A ticket as the read model holds it.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct TicketRecord {
+    /// The ticket id (a UUID).
+    pub id: String,
+    /// Its organization.
+    pub organization_id: String,
+    /// The organization's human-friendly number.
+    pub number: i64,
+    /// One-line summary.
+    pub subject: String,
+    /// Details.
+    pub description: Option<String>,
+    /// `QUEUED`, ...
+    pub status: String,
+    /// `URGENT`, ...
+    pub priority: String,
+    /// The division whose queue it belongs to.
+    pub division_id: Option<String>,
+    /// The agent holding it.
+    pub assignee_id: Option<String>,
+    /// Who created it.
+    pub created_by: String,
+    /// Stored timestamps (see [`crate::db::timestamp`]).
+    pub created_at: String,
+    /// Time of the last change.
+    pub updated_at: String,
+    /// Time of the last assignment.
+    pub assigned_at: Option<String>,
+    /// Time of resolution.
+    pub resolved_at: Option<String>,
+    /// Time of closing.
+    pub closed_at: Option<String>,
+    /// How it was resolved.
+    pub resolution: Option<String>,
+    /// The customer's rating, 1..5.
+    pub rating: Option<i64>,
+    /// The customer's words with the rating.
+    pub feedback: Option<String>,
+    /// The sequence of the last event applied.
+    pub version: i64,
+}
+
+impl TicketRecord {
+    /// The status as the domain type.
+    pub fn status(&self) -> Result<TicketStatus, DbError> {
+        serde_json::from_value(serde_json::Value::String(self.status.clone()))
+            .map_err(|e| DbError::Corrupt(format!("ticket {} status: {e}", self.id)))
+    }
+
+    /// The priority as the domain type.
+    pub fn priority(&self) -> Result<Priority, DbError> {
+        self.priority.parse().map_err(DbError::Corrupt)
+    }
+
+    /// Parses one of the stored timestamps.
+    pub fn time(text: &Option<String>) -> Result<Option<DateTime<Utc>>, DbError> {
+        text.as_deref().map(parse_timestamp).transpose()
+    }
+}
+
+const TICKET_COLUMNS: &str = "id, organization_id, number, subject, description, status, priority,
+    division_id, assignee_id, created_by, created_at, updated_at, assigned_at, resolved_at,
+    closed_at, resolution, rating, feedback, version";
+
+/// One ticket of `organization`, if it exists there.
+pub async fn ticket(
+    db: &Database,
+    organization: &str,
+    id: &str,
+) -> Result<Option<TicketRecord>, DbError> {
+    let sql =
+        format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE id = $1 AND organization_id = $2");
+    Ok(on_backend!(db, |pool| sqlx::query_as::<_, TicketRecord>(
+        &sql
+    )
+    .bind(id)
+    .bind(organization)
+    .fetch_optional(pool)
+    .await?))
+}
+
+/// The contract's `TicketFilter`.
+#[derive(Debug, Clone, Default)]
+pub struct TicketFilter {
+    /// Any of these statuses (empty: all).
+    pub statuses: Vec<TicketStatus>,
+    /// Any of these priorities (empty: all).
+    pub priorities: Vec<Priority>,
+    /// Only this division.
+    pub division_id: Option<String>,
+    /// Only this agent's tickets.
+    pub assignee_id: Option<String>,
+    /// Words in the subject or description, or a ticket number (`42` or `#42`).
+    pub search: Option<String>,
+}
+
+/// A page of tickets, newest first.
+#[derive(Debug, Clone)]
+pub struct TicketPage {
+    /// The tickets of the page.
+    pub tickets: Vec<TicketRecord>,
+    /// Whether more follow.
+    pub has_next_page: bool,
+    /// How many match the filter in all.
+    pub total_count: i64,
+}
+
+fn filtered(organization: &str, filter: &TicketFilter, select: &str) -> Statement {
+    let mut s = Statement::new(select);
+    let org = s.bind(Bind::Text(organization.into()));
+    s.push(&format!(" FROM tickets WHERE organization_id = {org}"));
+    let list = |s: &mut Statement, column: &str, values: Vec<&str>| {
+        if values.is_empty() {
+            return;
+        }
+        let placeholders: Vec<String> = values
+            .into_iter()
+            .map(|v| s.bind(Bind::Text(v.into())))
+            .collect();
+        s.push(&format!(" AND {column} IN ({})", placeholders.join(", ")));
+    };
+    list(
+        &mut s,
+        "status",
+        filter.statuses.iter().map(|x| x.as_str()).collect(),
+    );
+    list(
+        &mut s,
+        "priority",
+        filter.priorities.iter().map(|x| x.as_str()).collect(),
+    );
+    if let Some(division) = &filter.division_id {
+        let p = s.bind(Bind::Text(division.clone()));
+        s.push(&format!(" AND division_id = {p}"));
+    }
+    if let Some(assignee) = &filter.assignee_id {
+        let p = s.bind(Bind::Text(assignee.clone()));
+        s.push(&format!(" AND assignee_id = {p}"));
+    }
+    if let Some(search) = filter
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let pattern = format!(
+            "%{}%",
+            search
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let p = s.bind(Bind::Text(pattern));
+        let mut clause = format!(
+            " AND (LOWER(subject) LIKE {p} ESCAPE '\\' OR LOWER(COALESCE(description, '')) LIKE {p} ESCAPE '\\'"
+        );
+        if let Ok(number) = search.trim_start_matches('#').parse::<i64>() {
+            let n = s.bind(Bind::Int(number));
+            clause.push_str(&format!(" OR number = {n}"));
+        }
+        clause.push(')');
+        s.push(&clause);
+    }
+    s
+}
+
+/// Tickets of `organization` matching `filter`, newest first, `first` of them after the
+/// ticket numbered `after`.
+pub async fn tickets(
+    db: &Database,
+    organization: &str,
+    filter: &TicketFilter,
+    first: i64,
+    after_number: Option<i64>,
+) -> Result<TicketPage, DbError> {
+    let count = filtered(organization, filter, "SELECT COUNT(*)");
+    let mut page = filtered(organization, filter, &format!("SELECT {TICKET_COLUMNS}"));
+    if let Some(after) = after_number {
+        let p = page.bind(Bind::Int(after));
+        page.push(&format!(" AND number < {p}"));
+    }
+    let limit = page.bind(Bind::Int(first + 1));
+    page.push(&format!(" ORDER BY number DESC LIMIT {limit}"));
+    let (total_count, mut tickets): (i64, Vec<TicketRecord>) = on_backend!(db, |pool| (
+        bind_all!(sqlx::query_scalar(&count.sql), count)
+            .fetch_one(pool)
+            .await?,
+        bind_all!(sqlx::query_as::<_, TicketRecord>(&page.sql), page)
+            .fetch_all(pool)
+            .await?
+    ));
+    let has_next_page = tickets.len() as i64 > first;
+    tickets.truncate(first as usize);
+    Ok(TicketPage {
+        tickets,
+        has_next_page,
+        total_count,
+    })
+}
+
+/// A comment as the read model holds it.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct CommentRecord {
+    /// The comment id.
+    pub id: String,
+    /// Its ticket.
+    pub ticket_id: String,
+    /// Who wrote it.
+    pub author_id: String,
+    /// What was written.
+    pub text: String,
+    /// When (stored timestamp).
+    pub created_at: String,
+}
+
+/// The comments of a ticket, oldest first.
+pub async fn comments(
+    db: &Database,
+    organization: &str,
+    ticket_id: &str,
+) -> Result<Vec<CommentRecord>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as::<_, CommentRecord>(
+        "SELECT id, ticket_id, author_id, text, created_at FROM ticket_comments
+          WHERE ticket_id = $1 AND organization_id = $2 ORDER BY position"
+    )
+    .bind(ticket_id)
+    .bind(organization)
+    .fetch_all(pool)
+    .await?))
+}
+
+/// One comment of `organization`.
+pub async fn comment(
+    db: &Database,
+    organization: &str,
+    id: &str,
+) -> Result<Option<CommentRecord>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as::<_, CommentRecord>(
+        "SELECT id, ticket_id, author_id, text, created_at FROM ticket_comments
+          WHERE id = $1 AND organization_id = $2"
+    )
+    .bind(id)
+    .bind(organization)
+    .fetch_optional(pool)
+    .await?))
+}
