@@ -1,1 +1,20 @@
-//! placeholder
+//! The helpdesk's front door: configuration, authentication, the command side, GraphQL over
+//! axum, and the `helpdesk` command line.
+//!
+//! - [`config`]: settings from the environment (`DATABASE_URL`, `HELPDESK_ADDR`, ...).
+//! - [`auth`]: HS256 bearer tokens (`sub`, `org`, `role`, `exp`) and the JWT secret.
+//! - [`error`]: the one client-facing error enum, mapped to GraphQL `extensions.code`.
+//! - [`helpdesk`]: the command side — runs commands against aggregates with bounded retry on
+//!   conflicts, stamps metadata on every event, and waits until projections show the change.
+//! - [`graphql`]: the schema (queries and mutations of `CONTRACT.md`).
+//! - [`server`]: the HTTP server: `/graphql`, `/healthz`, `/readyz`, `/metrics`, graceful
+//!   shutdown.
+//! - [`cli`]: `helpdesk serve | migrate | token | replay`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod graphql;
+pub mod helpdesk;
+pub mod server;

@@ -213,3 +213,30 @@ where
         metadata,
     })
 }
+
+/// How many committed events lie after `after`, counting at most `cap` (cheap on a long
+/// backlog). Used by `/readyz` and `/metrics`.
+pub async fn count_after(db: &Database, after: Checkpoint, cap: i64) -> Result<i64, DbError> {
+    let count = match db {
+        Backend::Sqlite(pool) => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE position > $1 LIMIT $2) AS behind",
+        )
+        .bind(after.position)
+        .bind(cap)
+        .fetch_one(pool)
+        .await?,
+        Backend::Postgres(pool) => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM events
+                  WHERE tx_id > $1::text::xid8 OR (tx_id = $1::text::xid8 AND position > $2)
+                  LIMIT $3) AS behind",
+            )
+            .bind(after.tx_id.to_string())
+            .bind(after.position)
+            .bind(cap)
+            .fetch_one(pool)
+            .await?
+        }
+    };
+    Ok(count)
+}

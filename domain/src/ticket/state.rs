@@ -135,6 +135,16 @@ impl Ticket {
         self.assignee.as_deref()
     }
 
+    /// What the ticket would decide for `command`, without changing anything: lets callers
+    /// refuse bad input before spending resources (such as a ticket number) on it.
+    pub fn preview(&self, command: &TicketCommand) -> Result<Vec<TicketEvent>, TicketError> {
+        self.decide(
+            command.organization.clone(),
+            &command.actor,
+            command.action.clone(),
+        )
+    }
+
     fn ensure_visible_to(&self, organization: &str) -> Result<TicketStatus, TicketError> {
         match (self.status, &self.organization) {
             (Some(status), Some(owner)) if owner == organization => Ok(status),

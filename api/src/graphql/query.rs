@@ -1,0 +1,171 @@
+//! Queries: read straight from the projections, confined to the caller's organization.
+
+use async_graphql::{Context, InputObject, Object, ID};
+use projections::tickets::TicketFilter as TicketFilterRecord;
+
+use super::types::{
+    parse_queue_cursor, parse_ticket_cursor, queue_cursor, ticket_cursor, Division, Priority,
+    QueueConnection, QueueEdge, QueueEntry, Ticket, TicketConnection, TicketEdge, TicketStatus,
+};
+use super::{caller, helpdesk, page_size, parse_uuid};
+use crate::error::{ApiError, ApiResult};
+
+/// The contract's `TicketFilter`.
+#[derive(InputObject, Default)]
+pub struct TicketFilter {
+    /// Any of these statuses.
+    pub status: Option<Vec<TicketStatus>>,
+    /// Any of these priorities.
+    pub priority: Option<Vec<Priority>>,
+    /// Only this division.
+    pub division_id: Option<ID>,
+    /// Only this agent's tickets.
+    pub assignee_id: Option<ID>,
+    /// Words in subject or description, or a number (`42`, `#42`).
+    pub search: Option<String>,
+}
+
+/// The read side.
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// One ticket of the caller's organization.
+    async fn ticket(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Ticket>> {
+        let caller = caller(ctx)?;
+        let id = parse_uuid(&id, "ticket")?;
+        let record = projections::tickets::ticket(&helpdesk(ctx)?.db, &caller.organization, &id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(record.map(Ticket::from_record).transpose()?)
+    }
+
+    /// Tickets of the caller's organization, newest first.
+    async fn tickets(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<TicketFilter>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<TicketConnection> {
+        let caller = caller(ctx)?;
+        let first = page_size(first)?;
+        let after = after.as_deref().map(parse_ticket_cursor).transpose()?;
+        let filter = filter.unwrap_or_default();
+        let filter = TicketFilterRecord {
+            statuses: filter
+                .status
+                .unwrap_or_default()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            priorities: filter
+                .priority
+                .unwrap_or_default()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            division_id: filter.division_id.map(|d| d.0),
+            assignee_id: filter.assignee_id.map(|a| a.0),
+            search: filter.search,
+        };
+        let page = projections::tickets::tickets(
+            &helpdesk(ctx)?.db,
+            &caller.organization,
+            &filter,
+            first,
+            after,
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let edges = page
+            .tickets
+            .into_iter()
+            .map(|record| {
+                Ok(TicketEdge {
+                    cursor: ticket_cursor(record.number),
+                    node: Ticket::from_record(record)?,
+                })
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(TicketConnection::new(
+            edges,
+            page.has_next_page,
+            page.total_count,
+        ))
+    }
+
+    /// The queue of a division (without `divisionId`: of tickets that have no division), in
+    /// the order tickets will be served.
+    async fn queue(
+        &self,
+        ctx: &Context<'_>,
+        division_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<QueueConnection> {
+        let caller = caller(ctx)?;
+        let helpdesk = helpdesk(ctx)?;
+        let first = page_size(first)?;
+        let after = after.as_deref().map(parse_queue_cursor).transpose()?;
+        let division_key = match division_id {
+            Some(id) => {
+                let id = parse_uuid(&id, "division")?;
+                if projections::divisions::division(&helpdesk.db, &caller.organization, &id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .is_none()
+                {
+                    return Err(ApiError::NotFound("division not found".into()).into());
+                }
+                id
+            }
+            None => projections::tickets::NO_DIVISION.to_string(),
+        };
+        let page = projections::queue::page(
+            &helpdesk.db,
+            &caller.organization,
+            &division_key,
+            first,
+            after.as_ref(),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let mut edges = Vec::with_capacity(page.entries.len());
+        for (offset, entry) in page.entries.iter().enumerate() {
+            let record =
+                projections::tickets::ticket(&helpdesk.db, &caller.organization, &entry.ticket_id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .ok_or_else(|| {
+                        ApiError::internal(format!("queued ticket {} has no row", entry.ticket_id))
+                    })?;
+            edges.push(QueueEdge {
+                cursor: queue_cursor(&entry.into()),
+                node: QueueEntry {
+                    position: page.first_position + offset as i64,
+                    waiting_since: projections::db::parse_timestamp(&entry.waiting_since)
+                        .map_err(ApiError::from)?,
+                    ticket: Ticket::from_record(record)?,
+                },
+            });
+        }
+        Ok(QueueConnection::new(
+            edges,
+            page.has_next_page,
+            page.total_count,
+        ))
+    }
+
+    /// The divisions of the caller's organization, in menu order.
+    async fn divisions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Division>> {
+        let caller = caller(ctx)?;
+        let records = projections::divisions::divisions(&helpdesk(ctx)?.db, &caller.organization)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(records
+            .into_iter()
+            .map(Division::from_record)
+            .collect::<ApiResult<_>>()?)
+    }
+}

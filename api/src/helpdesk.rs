@@ -1,0 +1,334 @@
+//! The command side: every change to the helpdesk goes through [`Helpdesk`].
+//!
+//! A command is executed against its aggregate through cqrs-es (events stamped with the
+//! metadata of brief rule 7), retried a bounded number of times when another command on the
+//! same aggregate committed first, and then — read-your-writes — the call waits (bounded)
+//! until every projection has applied the aggregate's newest event, so the query that
+//! follows sees the change.
+
+use chrono::Utc;
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
+use domain::division::{Division, DivisionAction, DivisionCommand, DivisionProfile};
+use domain::metadata::EventMetadata;
+use domain::priority::Priority;
+use domain::ticket::{Ticket, TicketAction, TicketCommand};
+use domain::PriorityKeywords;
+use projections::divisions::DivisionsProjection;
+use projections::event_store::{event_store, EventStore};
+use projections::runner::{
+    LogSignal, Projection, ProjectionProgress, ProjectionRunners, ProjectionTelemetry,
+    RunnerOptions,
+};
+use projections::telemetry::{label, CounterFamily, HistogramFamily};
+use projections::tickets::TicketsProjection;
+use projections::{event_log, Database};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Caller;
+use crate::config::Config;
+use crate::error::{from_aggregate, ApiError, ApiResult};
+
+/// How often a command is tried when concurrent commands on the same aggregate win.
+const MAX_ATTEMPTS: u32 = 5;
+
+/// Every projection the helpdesk maintains, in the order they are listed to operators.
+pub fn all_projections() -> Vec<Arc<dyn Projection>> {
+    vec![Arc::new(TicketsProjection), Arc::new(DivisionsProjection)]
+}
+
+/// Counters and histograms for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Command latency (including the read-your-writes wait) by command and outcome.
+    pub commands: HistogramFamily,
+    /// Commands whose projections did not catch up within the bound.
+    pub consistency_timeouts: CounterFamily,
+    /// Conflicts retried, by aggregate type.
+    pub conflict_retries: CounterFamily,
+    /// What the projection runners report.
+    pub projections: Arc<ProjectionTelemetry>,
+}
+
+/// The input of `createTicket`, already parsed.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    /// One-line summary.
+    pub subject: String,
+    /// Details.
+    pub description: Option<String>,
+    /// Explicit priority; `None` -> detected from keywords, else MEDIUM.
+    pub priority: Option<Priority>,
+    /// The division whose queue it joins (must exist in the organization).
+    pub division_id: Option<String>,
+}
+
+/// The running helpdesk: storage, aggregates, projections.
+pub struct Helpdesk {
+    /// The database.
+    pub db: Database,
+    tickets: CqrsFramework<Ticket, EventStore<Ticket>>,
+    divisions: CqrsFramework<Division, EventStore<Division>>,
+    /// Where the projections of this process stand.
+    pub progress: ProjectionProgress,
+    signal: LogSignal,
+    /// Words that set a new ticket's priority.
+    pub keywords: PriorityKeywords,
+    consistency_timeout: Duration,
+    /// Figures for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Helpdesk {
+    /// Connects, migrates, and starts the projection runners (and, on PostgreSQL, the
+    /// listener that wakes them). Everything stops when `shutdown` is cancelled.
+    pub async fn start(
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<(Arc<Self>, Vec<tokio::task::JoinHandle<()>>)> {
+        let db = Database::connect(config.database_url.as_deref()).await?;
+        db.migrate().await?;
+        let metrics = Arc::new(Metrics::default());
+        let signal = LogSignal::default();
+        signal.listen_to_postgres(&db, shutdown.clone());
+        let pause_before_commit = config
+            .failpoint
+            .as_deref()
+            .and_then(|f| f.strip_prefix("projection-before-commit:"))
+            .map(str::to_string);
+        let runners = ProjectionRunners::new(
+            db.clone(),
+            all_projections(),
+            signal.clone(),
+            metrics.projections.clone(),
+            RunnerOptions {
+                pause_before_commit,
+            },
+        );
+        let (progress, tasks) = runners.start(shutdown).await?;
+        let helpdesk = Self {
+            tickets: CqrsFramework::new(event_store(&db), vec![], ()),
+            divisions: CqrsFramework::new(event_store(&db), vec![], ()),
+            db,
+            progress,
+            signal,
+            keywords: config.priority_keywords.clone(),
+            consistency_timeout: config.consistency_timeout,
+            metrics,
+        };
+        Ok((Arc::new(helpdesk), tasks))
+    }
+
+    /// Opens a ticket and returns its id.
+    pub async fn create_ticket(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        input: NewTicket,
+    ) -> ApiResult<String> {
+        if let Some(division) = &input.division_id {
+            if projections::divisions::division(&self.db, &caller.organization, division)
+                .await?
+                .is_none()
+            {
+                return Err(ApiError::bad_input(format!(
+                    "unknown division '{division}'"
+                )));
+            }
+        }
+        let text = format!(
+            "{} {}",
+            input.subject,
+            input.description.as_deref().unwrap_or_default()
+        );
+        let (priority, priority_source) = self.keywords.resolve(input.priority, &text);
+        let mut command = TicketCommand {
+            organization: caller.organization.clone(),
+            actor: caller.actor.clone(),
+            action: TicketAction::Create {
+                number: 1,
+                subject: input.subject,
+                description: input.description,
+                priority,
+                priority_source,
+                division_id: input.division_id,
+            },
+        };
+        // Refuse bad input before a ticket number is spent on it.
+        Ticket::default().preview(&command)?;
+        let number = self.db.allocate_ticket_number(&caller.organization).await?;
+        if let TicketAction::Create { number: n, .. } = &mut command.action {
+            *n = number;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        self.execute(
+            &self.tickets,
+            &id,
+            command,
+            caller,
+            request_id,
+            "createTicket",
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Runs a command on an existing ticket.
+    pub async fn on_ticket(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        ticket_id: &str,
+        action: TicketAction,
+    ) -> ApiResult<()> {
+        let name = command_name(&action);
+        let command = TicketCommand {
+            organization: caller.organization.clone(),
+            actor: caller.actor.clone(),
+            action,
+        };
+        self.execute(&self.tickets, ticket_id, command, caller, request_id, name)
+            .await
+    }
+
+    /// Creates a division and returns its id.
+    pub async fn create_division(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        profile: DivisionProfile,
+    ) -> ApiResult<String> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let command = DivisionCommand {
+            organization: caller.organization.clone(),
+            actor: caller.actor.clone(),
+            action: DivisionAction::Create(profile),
+        };
+        self.execute(
+            &self.divisions,
+            &id,
+            command,
+            caller,
+            request_id,
+            "createDivision",
+        )
+        .await?;
+        Ok(id)
+    }
+
+    async fn execute<A>(
+        &self,
+        cqrs: &CqrsFramework<A, EventStore<A>>,
+        aggregate_id: &str,
+        command: A::Command,
+        caller: &Caller,
+        request_id: &str,
+        name: &'static str,
+    ) -> ApiResult<()>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+        A::Error: Into<ApiError>,
+    {
+        let started = Instant::now();
+        let result = self
+            .execute_and_wait(cqrs, aggregate_id, command, caller, request_id)
+            .await;
+        let outcome = match &result {
+            Ok(()) => "ok",
+            Err(e) => e.code(),
+        };
+        self.metrics.commands.observe(
+            format!("command=\"{}\",outcome=\"{outcome}\"", label(name)),
+            started.elapsed().as_secs_f64(),
+        );
+        result
+    }
+
+    async fn execute_and_wait<A>(
+        &self,
+        cqrs: &CqrsFramework<A, EventStore<A>>,
+        aggregate_id: &str,
+        command: A::Command,
+        caller: &Caller,
+        request_id: &str,
+    ) -> ApiResult<()>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+        A::Error: Into<ApiError>,
+    {
+        let metadata = EventMetadata {
+            organization: caller.organization.clone(),
+            actor: caller.actor.clone(),
+            occurred_at: Utc::now(),
+            request_id: request_id.to_string(),
+            correlation_id: request_id.to_string(),
+            causation_id: None,
+        }
+        .to_map();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match cqrs
+                .execute_with_metadata(aggregate_id, command.clone(), metadata.clone())
+                .await
+            {
+                Ok(()) => break,
+                Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
+                    self.metrics
+                        .conflict_retries
+                        .add(format!("aggregate=\"{}\"", A::TYPE), 1);
+                    // Spread the retries so that the same contenders do not collide again.
+                    let jitter = rand::random::<u64>() % 10;
+                    tokio::time::sleep(Duration::from_millis(5 * attempt as u64 + jitter)).await;
+                }
+                Err(error) => return Err(from_aggregate(error)),
+            }
+        }
+        self.signal.ring();
+        self.wait_for_projections(A::TYPE, aggregate_id).await
+    }
+
+    /// Waits (bounded) until every projection reflects the newest event of an aggregate.
+    /// A timeout is logged and counted, not an error: the change is committed either way.
+    pub async fn wait_for_projections(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> ApiResult<()> {
+        let Some(head) = event_log::aggregate_head(&self.db, aggregate_type, aggregate_id).await?
+        else {
+            return Ok(());
+        };
+        if let Err(lagging) = self.progress.wait_for(head, self.consistency_timeout).await {
+            tracing::warn!(
+                projection = lagging.projection,
+                aggregate_type,
+                aggregate_id,
+                "projection did not reach the change within the consistency timeout"
+            );
+            self.metrics
+                .consistency_timeouts
+                .add(format!("projection=\"{}\"", lagging.projection), 1);
+        }
+        Ok(())
+    }
+}
+
+/// The contract's name of the mutation behind a ticket action, for metrics.
+pub fn command_name(action: &TicketAction) -> &'static str {
+    match action {
+        TicketAction::Create { .. } => "createTicket",
+        TicketAction::Claim => "claimTicket",
+        TicketAction::Assign { .. } => "assignTicket",
+        TicketAction::Start => "startTicket",
+        TicketAction::Resolve { .. } => "resolveTicket",
+        TicketAction::Close => "closeTicket",
+        TicketAction::Reopen { .. } => "reopenTicket",
+        TicketAction::ChangePriority { .. } => "changeTicketPriority",
+        TicketAction::AddComment { .. } => "addComment",
+        TicketAction::Rate { .. } => "rateTicket",
+    }
+}
