@@ -221,10 +221,17 @@ struct Runner {
 /// notifications, the PostgreSQL fence held by a transaction that wrote no events).
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
+/// How long after a ring a runner keeps looking for events hidden behind the fence.
+const FENCE_PATIENCE: Duration = Duration::from_millis(500);
+
 impl Runner {
     async fn run(self, mut wake: watch::Receiver<u64>, shutdown: CancellationToken) {
         let name = self.projection.name();
         let mut failures = 0u32;
+        // After a ring the new events may stay hidden behind the PostgreSQL fence for a few
+        // milliseconds (an older transaction still running): keep looking, backing off,
+        // until this deadline.
+        let mut look_again_until: Option<tokio::time::Instant> = None;
         let mut fence_retries = 0u32;
         loop {
             let checkpoint = *self.progress.borrow();
@@ -255,19 +262,17 @@ impl Runner {
                 },
                 Ok(Step::Idle) => {
                     failures = 0;
-                    // After a ring the events may still be hidden behind the PostgreSQL
-                    // fence for a few milliseconds: look again soon, backing off.
-                    if fence_retries < 8 && wake.has_changed().unwrap_or(false) {
-                        fence_retries += 1;
+                    let now = tokio::time::Instant::now();
+                    if look_again_until.is_some_and(|deadline| now < deadline) {
+                        fence_retries = (fence_retries + 1).min(6);
                         Duration::from_millis(1 << fence_retries)
                     } else {
+                        look_again_until = None;
                         fence_retries = 0;
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = wake.changed() => {
-                                wake.mark_unchanged();
-                                // Stay "changed" once so a fence retry follows if needed.
-                                fence_retries = 1;
+                                look_again_until = Some(tokio::time::Instant::now() + FENCE_PATIENCE);
                                 continue;
                             }
                             _ = tokio::time::sleep(IDLE_POLL) => continue,
