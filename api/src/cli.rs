@@ -42,6 +42,8 @@ pub enum Command {
         #[arg(long, default_value = "24h")]
         ttl: String,
     },
+    /// Print the GraphQL schema (SDL), as kept in docs/schema.graphql.
+    Schema,
     /// Rebuild projections from the start of the log.
     Replay {
         /// Only this projection (default: all).
@@ -77,6 +79,10 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> anyho
             Ok(())
         }
         Command::Replay { projection } => replay(config, projection).await,
+        Command::Schema => {
+            print!("{}", crate::graphql::sdl());
+            Ok(())
+        }
     }
 }
 

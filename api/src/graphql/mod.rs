@@ -41,6 +41,11 @@ pub fn build_schema(helpdesk: Option<Arc<Helpdesk>>) -> HelpdeskSchema {
     builder.finish()
 }
 
+/// The schema in SDL, as exported to `docs/schema.graphql`.
+pub fn sdl() -> String {
+    build_schema(None).sdl()
+}
+
 /// Who is calling, and which request this is.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
