@@ -3,6 +3,7 @@
 
 use async_graphql::ErrorExtensions;
 use cqrs_es::AggregateError;
+use domain::agent::AgentError;
 use domain::division::DivisionError;
 use domain::ticket::TicketError;
 use projections::DbError;
@@ -109,6 +110,16 @@ impl From<DivisionError> for ApiError {
             DivisionError::AlreadyExists => ApiError::Conflict("division already exists".into()),
             DivisionError::InvalidInput(why) => ApiError::BadUserInput(why),
             DivisionError::NotPermitted(why) => ApiError::Forbidden(why),
+        }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(error: AgentError) -> Self {
+        match error {
+            AgentError::AlreadyExists => ApiError::Conflict("agent already exists".into()),
+            AgentError::InvalidInput(why) => ApiError::BadUserInput(why),
+            AgentError::NotPermitted(why) => ApiError::Forbidden(why),
         }
     }
 }

@@ -8,11 +8,13 @@
 
 use chrono::Utc;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
+use domain::agent::{AgentAction, AgentCommand, AgentStatus};
 use domain::division::{Division, DivisionAction, DivisionCommand, DivisionProfile};
 use domain::metadata::EventMetadata;
 use domain::priority::Priority;
 use domain::ticket::{Ticket, TicketAction, TicketCommand};
 use domain::PriorityKeywords;
+use projections::agents::AgentsProjection;
 use projections::divisions::DivisionsProjection;
 use projections::event_store::{event_store, EventStore};
 use projections::runner::{
@@ -35,7 +37,11 @@ const MAX_ATTEMPTS: u32 = 5;
 
 /// Every projection the helpdesk maintains, in the order they are listed to operators.
 pub fn all_projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(TicketsProjection), Arc::new(DivisionsProjection)]
+    vec![
+        Arc::new(TicketsProjection),
+        Arc::new(DivisionsProjection),
+        Arc::new(AgentsProjection),
+    ]
 }
 
 /// Counters and histograms for `/metrics`.
@@ -70,6 +76,7 @@ pub struct Helpdesk {
     pub db: Database,
     tickets: CqrsFramework<Ticket, EventStore<Ticket>>,
     divisions: CqrsFramework<Division, EventStore<Division>>,
+    agents: CqrsFramework<AgentStatus, EventStore<AgentStatus>>,
     /// Where the projections of this process stand.
     pub progress: ProjectionProgress,
     signal: LogSignal,
@@ -110,6 +117,7 @@ impl Helpdesk {
         let helpdesk = Self {
             tickets: CqrsFramework::new(event_store(&db), vec![], ()),
             divisions: CqrsFramework::new(event_store(&db), vec![], ()),
+            agents: CqrsFramework::new(event_store(&db), vec![], ()),
             db,
             progress,
             signal,
@@ -212,6 +220,47 @@ impl Helpdesk {
             caller,
             request_id,
             "createDivision",
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Registers an agent and returns its id (the `sub` of its tokens).
+    pub async fn register_agent(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        name: String,
+        max_tickets: i64,
+        division_ids: Vec<String>,
+    ) -> ApiResult<String> {
+        for division in &division_ids {
+            if projections::divisions::division(&self.db, &caller.organization, division)
+                .await?
+                .is_none()
+            {
+                return Err(ApiError::bad_input(format!(
+                    "unknown division '{division}'"
+                )));
+            }
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let command = AgentCommand {
+            organization: caller.organization.clone(),
+            actor: caller.actor.clone(),
+            action: AgentAction::Register {
+                name,
+                max_tickets,
+                division_ids,
+            },
+        };
+        self.execute(
+            &self.agents,
+            &id,
+            command,
+            caller,
+            request_id,
+            "registerAgent",
         )
         .await?;
         Ok(id)

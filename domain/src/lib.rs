@@ -2,6 +2,7 @@
 //!
 //! - [`ticket`]: the Ticket aggregate — its commands, events and lifecycle
 //!   (queued → assigned → in progress → resolved → closed, reopen, rating, comments).
+//! - [`agent`]: the AgentStatus aggregate — an agent's registration (capacity, divisions).
 //! - [`division`]: the Division aggregate — the teams whose queues tickets wait in.
 //! - [`priority`]: ticket priorities, their queue order and keyword detection.
 //! - [`actor`]: who issues a command (id and role), carried into every event's metadata.
@@ -13,6 +14,7 @@
 //! Time is never read here: it arrives in event metadata chosen by the caller.
 
 pub mod actor;
+pub mod agent;
 pub mod division;
 pub mod limits;
 pub mod metadata;

@@ -10,9 +10,10 @@
 //! - [`runner`]: the projection runner — reads the log from a per-projection checkpoint and
 //!   writes rows and the new checkpoint in one transaction (no event skipped, none applied
 //!   twice), wakes on new events, and lets commands wait until their events are visible.
-//! - [`tickets`], [`queue`], [`divisions`]: the read models and their queries.
+//! - [`tickets`], [`queue`], [`divisions`], [`agents`]: the read models and their queries.
 //! - [`telemetry`]: counters and histograms exported at `/metrics`.
 
+pub mod agents;
 pub mod db;
 pub mod divisions;
 pub mod event_log;

@@ -1,1 +1,783 @@
-fn main() {}
+//! `bench`: throughput, command latency and projection lag of the helpdesk's command side.
+//!
+//! # What runs
+//!
+//! `N` ticket lifecycles — create, admin assign, resolve (by the assigned agent), so `3N`
+//! commands — are driven by `C` concurrent workers (tokio tasks taking the next lifecycle
+//! from a shared counter), in this process, with the projection runners live:
+//!
+//! 1. **helpdesk / postgres** — [`Helpdesk`] on a fresh PostgreSQL database `bench_hd_*`.
+//! 2. **baseline / postgres** — the bare cqrs-es + postgres-es stack: the same Ticket
+//!    aggregate, the same commands and the same event metadata through
+//!    [`CqrsFramework`] over a plain [`PostgresEventRepository`], on a separate fresh
+//!    database `bench_base_*` that holds only postgres-es's own `events` table. No global
+//!    order column, no trigger, no read models, no ticket-number counter (numbers come from
+//!    an in-process counter), no waiting.
+//! 3. **helpdesk / sqlite** — [`Helpdesk`] on a fresh SQLite file.
+//!
+//! The bench creates its databases and removes them afterwards (PostgreSQL databases are
+//! dropped `WITH (FORCE)`; the SQLite file lives in a folder of its own).
+//!
+//! # What is measured
+//!
+//! - **commands/s**: `3N` divided by the wall time from the first command to the last.
+//! - **p50 / p99 / max command latency**: one sample per command, timed around one
+//!   `Helpdesk` call (`create_ticket` / `on_ticket`) — so it includes the ticket-number
+//!   allocation, the event-store write, conflict retries and the read-your-writes wait until
+//!   every projection shows the change. For the baseline: one `execute_with_metadata`.
+//!   Recorded in microseconds with HdrHistogram (3 significant digits).
+//! - **p99 projection lag**: read from the runners' own `helpdesk_projection_lag_seconds`
+//!   histograms (`helpdesk.metrics.projections.lag`), the figure `/metrics` exports: one
+//!   sample per event and projection, taken when the projection's transaction has
+//!   committed, measured from the event's `occurred_at`. `occurred_at` is stamped by the
+//!   command side *before* it loads the aggregate and writes, so each sample also contains
+//!   that write (one store round trip or so): the figure is an upper bound on the lag
+//!   from the event's commit. The histogram has fixed buckets (…, 25, 50, 100, 250 ms, …),
+//!   so the bench prints the bucket holding the p99 (e.g. `25-50 ms`) rather than inventing
+//!   digits inside it. An event is visible everywhere once *every* projection has applied
+//!   it; the table shows the worst projection's bucket (each projection's is printed below
+//!   the table).
+//!
+//! No warm-up: connection set-up and cold caches are part of the figures (a few commands
+//! out of thousands). All settings other than `DATABASE_URL` are the helpdesk's defaults
+//! (consistency timeout 5 s); the process environment is not read for them.
+//!
+//! # Running
+//!
+//! ```text
+//! cargo run --release -p api --bin bench -- --lifecycles 2000 --workers 8
+//! cargo run --release -p api --bin bench -- --backend sqlite --sqlite-path /tmp/bench
+//! ```
+//!
+//! PostgreSQL is reached at `--postgres-url` (default `TEST_DATABASE_URL`, else
+//! `postgres://postgres@127.0.0.1:5432/postgres`); that role must be allowed to create and
+//! drop databases. Progress goes to stderr, the table to stdout.
+
+use anyhow::{anyhow, bail, Context};
+use chrono::Utc;
+use clap::{Parser, ValueEnum};
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::CqrsFramework;
+use domain::metadata::EventMetadata;
+use domain::ticket::{Ticket, TicketAction, TicketCommand};
+use domain::{Actor, PriorityKeywords, Role};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use postgres_es::PostgresEventRepository;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use api::auth::Caller;
+use api::config::Config;
+use api::error::ApiError;
+use api::helpdesk::{all_projections, Helpdesk, NewTicket};
+use projections::telemetry::label;
+
+/// The PostgreSQL server used when neither `--postgres-url` nor `TEST_DATABASE_URL` is set.
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The organization every bench ticket belongs to.
+const ORGANIZATION: &str = "bench";
+
+/// How many agents the tickets are spread over.
+const AGENTS: usize = 16;
+
+/// The commands of one lifecycle.
+const COMMANDS_PER_LIFECYCLE: u64 = 3;
+
+/// The p-quantiles reported.
+const P50: f64 = 0.50;
+const P99: f64 = 0.99;
+
+/// postgres-es's own event table (its `db/init.sql`), the only table of the baseline.
+const BASELINE_SCHEMA: &str = "
+CREATE TABLE events
+(
+    aggregate_type text                         NOT NULL,
+    aggregate_id   text                         NOT NULL,
+    sequence       bigint CHECK (sequence >= 0) NOT NULL,
+    event_type     text                         NOT NULL,
+    event_version  text                         NOT NULL,
+    payload        json                         NOT NULL,
+    metadata       json                         NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+)";
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Throughput, command latency and projection lag of the helpdesk, with a bare cqrs-es baseline"
+)]
+struct Args {
+    /// Ticket lifecycles (create, assign, resolve) per backend.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    lifecycles: u64,
+    /// Concurrent workers.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    workers: u64,
+    /// Which storage to measure; the baseline runs whenever PostgreSQL does.
+    #[arg(long, value_enum, default_value_t = BackendChoice::All)]
+    backend: BackendChoice,
+    /// A PostgreSQL server URL whose role may create databases; the bench creates and
+    /// drops its own `bench_*` databases there.
+    #[arg(long, env = "TEST_DATABASE_URL", default_value = DEFAULT_POSTGRES_URL)]
+    postgres_url: String,
+    /// Folder for the SQLite file (created if missing); default a fresh temporary folder.
+    #[arg(long)]
+    sqlite_path: Option<PathBuf>,
+}
+
+/// The `--backend` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendChoice {
+    /// PostgreSQL, helpdesk and baseline.
+    Postgres,
+    /// SQLite (helpdesk only).
+    Sqlite,
+    /// Both.
+    All,
+}
+
+impl BackendChoice {
+    fn postgres(self) -> bool {
+        matches!(self, BackendChoice::Postgres | BackendChoice::All)
+    }
+
+    fn sqlite(self) -> bool {
+        matches!(self, BackendChoice::Sqlite | BackendChoice::All)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(results) => {
+            print_report(&args, &results);
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the selected measurements, in the order helpdesk/postgres, baseline, helpdesk/sqlite.
+async fn run(args: &Args) -> anyhow::Result<Vec<Measurement>> {
+    let mut results = Vec::new();
+    if args.backend.postgres() {
+        let server = PgServer::connect(&args.postgres_url).await?;
+        let measured = async {
+            let url = server.create_database("bench_hd").await?;
+            results.push(measure_helpdesk("helpdesk / postgres", &url, args).await?);
+            let url = server.create_database("bench_base").await?;
+            results.push(measure_baseline(&url, args).await?);
+            anyhow::Ok(())
+        }
+        .await;
+        // Drop the databases whether or not the measurements succeeded.
+        let dropped = server.drop_databases().await;
+        measured?;
+        dropped?;
+    }
+    if args.backend.sqlite() {
+        let folder = SqliteFolder::new(args.sqlite_path.as_deref())?;
+        let url = format!("sqlite://{}", folder.file.display());
+        let measured = measure_helpdesk("helpdesk / sqlite", &url, args).await;
+        folder.remove();
+        results.push(measured?);
+    }
+    Ok(results)
+}
+
+/// The figures of one measured run.
+struct Measurement {
+    /// What ran where, e.g. `helpdesk / postgres`.
+    name: &'static str,
+    /// The number of commands executed.
+    commands: u64,
+    /// From the first command's start to the last command's end.
+    elapsed: Duration,
+    /// Command latency, microseconds.
+    latency: Histogram<u64>,
+    /// The projection lag, for helpdesk runs.
+    lag: Option<Lag>,
+}
+
+/// The p99 projection lag as the runners' fixed-bucket histograms tell it.
+struct Lag {
+    /// `(projection, p99 bucket (lower, upper] in seconds, samples)`, per projection.
+    by_projection: Vec<(&'static str, Option<(f64, f64)>, u64)>,
+}
+
+impl Lag {
+    /// The bucket of the worst projection's p99: the event is visible everywhere only once
+    /// the slowest projection has applied it.
+    fn worst(&self) -> Option<(f64, f64)> {
+        self.by_projection
+            .iter()
+            .filter_map(|(_, bucket, _)| *bucket)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+}
+
+impl Measurement {
+    /// Commands per second over the whole run.
+    fn throughput(&self) -> f64 {
+        self.commands as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// A latency quantile in milliseconds.
+    fn millis_at(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1e3
+    }
+}
+
+/// Drives the lifecycles through the real [`Helpdesk`] at `url`, projections running.
+async fn measure_helpdesk(
+    name: &'static str,
+    url: &str,
+    args: &Args,
+) -> anyhow::Result<Measurement> {
+    let config = Config::from_lookup(|key| (key == "DATABASE_URL").then(|| url.to_string()))
+        .context("building the helpdesk configuration")?;
+    let shutdown = CancellationToken::new();
+    let (helpdesk, tasks) = Helpdesk::start(&config, shutdown.clone())
+        .await
+        .with_context(|| format!("starting the helpdesk on {}", redact(url)))?;
+    let driven = drive(
+        name,
+        Arc::new(Driver::Helpdesk(helpdesk.clone())),
+        args.lifecycles,
+        args.workers,
+    )
+    .await;
+    let lag = projection_lag(&helpdesk);
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    helpdesk.db.close().await;
+    let (elapsed, latency) = driven?;
+    Ok(Measurement {
+        name,
+        commands: latency.len(),
+        elapsed,
+        latency,
+        lag: Some(lag),
+    })
+}
+
+/// Reads each projection's p99 lag bucket from the runners' telemetry.
+fn projection_lag(helpdesk: &Helpdesk) -> Lag {
+    let lag = &helpdesk.metrics.projections.lag;
+    let by_projection = all_projections()
+        .iter()
+        .map(|projection| {
+            let series = lag.series(&format!("projection=\"{}\"", label(projection.name())));
+            (
+                projection.name(),
+                series.as_ref().and_then(|h| h.quantile_bucket(P99)),
+                series.as_ref().map_or(0, |h| h.count()),
+            )
+        })
+        .collect();
+    Lag { by_projection }
+}
+
+/// Drives the lifecycles through bare cqrs-es over postgres-es at `url`.
+async fn measure_baseline(url: &str, args: &Args) -> anyhow::Result<Measurement> {
+    let options = PgConnectOptions::from_str(url).context("parsing the baseline URL")?;
+    // The same pool size as the helpdesk's (projections::db).
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("connecting to the baseline database")?;
+    sqlx::query(BASELINE_SCHEMA)
+        .execute(&pool)
+        .await
+        .context("creating the baseline events table")?;
+    let store = PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone()));
+    let baseline = Baseline {
+        cqrs: CqrsFramework::new(store, vec![], ()),
+        numbers: AtomicI64::new(0),
+        keywords: PriorityKeywords::default(),
+    };
+    let name = "baseline / postgres";
+    let driven = drive(
+        name,
+        Arc::new(Driver::Baseline(baseline)),
+        args.lifecycles,
+        args.workers,
+    )
+    .await;
+    pool.close().await;
+    let (elapsed, latency) = driven?;
+    Ok(Measurement {
+        name,
+        commands: latency.len(),
+        elapsed,
+        latency,
+        lag: None,
+    })
+}
+
+/// The bare cqrs-es stack of the baseline.
+struct Baseline {
+    cqrs: CqrsFramework<Ticket, PersistedEventStore<PostgresEventRepository, Ticket>>,
+    /// Ticket numbers, allocated in process (the helpdesk allocates them in the database).
+    numbers: AtomicI64,
+    /// The helpdesk's default keyword lists, so both produce the same `TicketCreated`.
+    keywords: PriorityKeywords,
+}
+
+impl Baseline {
+    /// Executes one command with the metadata the helpdesk stamps on its events.
+    async fn execute(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        aggregate_id: &str,
+        action: TicketAction,
+    ) -> anyhow::Result<()> {
+        let metadata = EventMetadata {
+            organization: caller.organization.clone(),
+            actor: caller.actor.clone(),
+            occurred_at: Utc::now(),
+            request_id: request_id.to_string(),
+            correlation_id: request_id.to_string(),
+            causation_id: None,
+        }
+        .to_map();
+        let command = TicketCommand {
+            organization: caller.organization.clone(),
+            actor: caller.actor.clone(),
+            action,
+        };
+        self.cqrs
+            .execute_with_metadata(aggregate_id, command, metadata)
+            .await
+            .map_err(|e| anyhow!("baseline command on ticket {aggregate_id} failed: {e}"))
+    }
+}
+
+/// What executes the commands of a lifecycle.
+enum Driver {
+    /// The real command side.
+    Helpdesk(Arc<Helpdesk>),
+    /// Bare cqrs-es.
+    Baseline(Baseline),
+}
+
+impl Driver {
+    /// Opens ticket number `i` of the run as the admin; returns its id.
+    async fn create(&self, i: u64) -> anyhow::Result<String> {
+        let caller = admin();
+        let request_id = format!("bench-{i}-create");
+        let subject = format!("Bench ticket {i}: printer jammed");
+        let description = Some("The printer on floor 3 shows error E-42.".to_string());
+        match self {
+            Driver::Helpdesk(helpdesk) => {
+                let input = NewTicket {
+                    subject,
+                    description,
+                    priority: None,
+                    division_id: None,
+                };
+                helpdesk
+                    .create_ticket(&caller, &request_id, input)
+                    .await
+                    .map_err(|e| failed("createTicket", &e))
+            }
+            Driver::Baseline(baseline) => {
+                let text = format!(
+                    "{subject} {}",
+                    description.as_deref().unwrap_or_default()
+                );
+                let (priority, priority_source) = baseline.keywords.resolve(None, &text);
+                let id = uuid::Uuid::new_v4().to_string();
+                let action = TicketAction::Create {
+                    number: baseline.numbers.fetch_add(1, Ordering::Relaxed) + 1,
+                    subject,
+                    description,
+                    priority,
+                    priority_source,
+                    division_id: None,
+                };
+                baseline.execute(&caller, &request_id, &id, action).await?;
+                Ok(id)
+            }
+        }
+    }
+
+    /// The admin gives ticket `i` to its agent.
+    async fn assign(&self, i: u64, id: &str) -> anyhow::Result<()> {
+        let action = TicketAction::Assign {
+            agent_id: agent_of(i).actor.id,
+        };
+        self.on_ticket(&admin(), &format!("bench-{i}-assign"), id, action)
+            .await
+    }
+
+    /// The assigned agent resolves ticket `i`.
+    async fn resolve(&self, i: u64, id: &str) -> anyhow::Result<()> {
+        let action = TicketAction::Resolve {
+            resolution: Some("Cleared the paper path.".to_string()),
+        };
+        self.on_ticket(&agent_of(i), &format!("bench-{i}-resolve"), id, action)
+            .await
+    }
+
+    async fn on_ticket(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        id: &str,
+        action: TicketAction,
+    ) -> anyhow::Result<()> {
+        match self {
+            Driver::Helpdesk(helpdesk) => {
+                let name = api::helpdesk::command_name(&action);
+                helpdesk
+                    .on_ticket(caller, request_id, id, action)
+                    .await
+                    .map_err(|e| failed(name, &e))
+            }
+            Driver::Baseline(baseline) => baseline.execute(caller, request_id, id, action).await,
+        }
+    }
+}
+
+/// The admin who creates and assigns every ticket.
+fn admin() -> Caller {
+    Caller {
+        organization: ORGANIZATION.into(),
+        actor: Actor::new("bench-admin", Role::Admin),
+    }
+}
+
+/// The agent ticket `i` is assigned to.
+fn agent_of(i: u64) -> Caller {
+    Caller {
+        organization: ORGANIZATION.into(),
+        actor: Actor::new(format!("bench-agent-{}", i % AGENTS as u64), Role::Agent),
+    }
+}
+
+/// Describes a refused or failed helpdesk command.
+fn failed(command: &str, error: &ApiError) -> anyhow::Error {
+    anyhow!("{command} failed: {} {}", error.code(), error.message())
+}
+
+/// A latency histogram in microseconds, from 1 µs to 10 minutes, 3 significant digits.
+fn latency_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).context("creating a latency histogram")
+}
+
+/// Runs `lifecycles` lifecycles with `workers` concurrent workers; returns the wall time and
+/// the latency of every command. The first failing command stops the run.
+async fn drive(
+    name: &'static str,
+    driver: Arc<Driver>,
+    lifecycles: u64,
+    workers: u64,
+) -> anyhow::Result<(Duration, Histogram<u64>)> {
+    eprintln!("{name}: {lifecycles} lifecycles, {workers} workers");
+    let progress = ProgressBar::new(lifecycles).with_style(
+        ProgressStyle::with_template("  {bar:40} {pos}/{len} lifecycles  {per_sec}  eta {eta}")
+            .context("progress bar template")?,
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut set = JoinSet::new();
+    for _ in 0..workers {
+        let driver = driver.clone();
+        let next = next.clone();
+        let progress = progress.clone();
+        set.spawn(async move {
+            let mut latency = latency_histogram()?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as u64;
+                if i >= lifecycles {
+                    return anyhow::Ok(latency);
+                }
+                let t = Instant::now();
+                let id = driver.create(i).await?;
+                latency.saturating_record(micros(t.elapsed()));
+                let t = Instant::now();
+                driver.assign(i, &id).await?;
+                latency.saturating_record(micros(t.elapsed()));
+                let t = Instant::now();
+                driver.resolve(i, &id).await?;
+                latency.saturating_record(micros(t.elapsed()));
+                progress.inc(1);
+            }
+        });
+    }
+    let mut latency = latency_histogram()?;
+    let mut first_error = None;
+    while let Some(joined) = set.join_next().await {
+        match joined.context("a worker panicked").and_then(|r| r) {
+            Ok(worker) => latency
+                .add(&worker)
+                .map_err(|e| anyhow!("merging latency histograms: {e:?}"))?,
+            Err(error) => {
+                if first_error.is_none() {
+                    // Stop the other workers: the run is invalid anyway.
+                    next.store(usize::MAX / 2, Ordering::Relaxed);
+                    first_error = Some(error);
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    if let Some(error) = first_error {
+        return Err(error.context(format!("{name}: a command failed")));
+    }
+    if latency.len() != lifecycles * COMMANDS_PER_LIFECYCLE {
+        bail!(
+            "{name}: {} commands recorded, expected {}",
+            latency.len(),
+            lifecycles * COMMANDS_PER_LIFECYCLE
+        );
+    }
+    eprintln!("{name}: done in {:.1} s", elapsed.as_secs_f64());
+    Ok((elapsed, latency))
+}
+
+/// A duration in whole microseconds, saturating.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Prints the table (and each projection's lag bucket) on stdout.
+fn print_report(args: &Args, results: &[Measurement]) {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "\n{} lifecycles x {} commands, {} workers, {cores} cores\n",
+        args.lifecycles, COMMANDS_PER_LIFECYCLE, args.workers
+    );
+    println!(
+        "{:<21} {:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>17}",
+        "run", "commands", "wall s", "commands/s", "p50 ms", "p99 ms", "max ms", "p99 proj. lag ms"
+    );
+    for m in results {
+        let lag = match &m.lag {
+            None => "-".to_string(),
+            Some(lag) => lag.worst().map_or("no samples".into(), bucket),
+        };
+        println!(
+            "{:<21} {:>8} {:>8.1} {:>10.0} {:>9.2} {:>9.2} {:>9.1} {:>17}",
+            m.name,
+            m.commands,
+            m.elapsed.as_secs_f64(),
+            m.throughput(),
+            m.millis_at(P50),
+            m.millis_at(P99),
+            m.latency.max() as f64 / 1e3,
+            lag
+        );
+    }
+    for m in results {
+        if let Some(lag) = &m.lag {
+            let parts: Vec<String> = lag
+                .by_projection
+                .iter()
+                .map(|(projection, b, samples)| {
+                    let b = b.map_or("no samples".into(), bucket);
+                    format!("{projection} {b} ms ({samples} events)")
+                })
+                .collect();
+            println!("  {} p99 lag by projection: {}", m.name, parts.join(", "));
+        }
+    }
+}
+
+/// A fixed histogram bucket `(lower, upper]` in seconds, as milliseconds: `25-50`.
+fn bucket((lower, upper): (f64, f64)) -> String {
+    if upper.is_infinite() {
+        format!(">{}", lower * 1e3)
+    } else {
+        format!("{}-{}", lower * 1e3, upper * 1e3)
+    }
+}
+
+/// A PostgreSQL server on which the bench creates (and later drops) its databases.
+struct PgServer {
+    /// The URL given, pointing at an existing database.
+    url: String,
+    /// A connection to that database, for `CREATE` / `DROP DATABASE`.
+    admin: PgPool,
+    /// The databases created so far.
+    created: std::sync::Mutex<Vec<String>>,
+}
+
+impl PgServer {
+    /// Connects to the server at `url`.
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url)
+            .with_context(|| format!("invalid --postgres-url {}", redact(url)))?;
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot reach PostgreSQL at {}", redact(url)))?;
+        Ok(Self {
+            url: url.to_string(),
+            admin,
+            created: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Creates a fresh database `<prefix>_<random>` and returns its URL.
+    async fn create_database(&self, prefix: &str) -> anyhow::Result<String> {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&self.admin)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        self.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.clone());
+        with_database(&self.url, &name)
+    }
+
+    /// Drops every database this bench created.
+    async fn drop_databases(self) -> anyhow::Result<()> {
+        let names = std::mem::take(&mut *self.created.lock().unwrap_or_else(|e| e.into_inner()));
+        for name in names {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&self.admin)
+                .await
+                .with_context(|| format!("dropping database {name}"))?;
+        }
+        self.admin.close().await;
+        Ok(())
+    }
+}
+
+/// `url` with its database replaced by `name`; user, host, port and parameters are kept.
+fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let (scheme, rest) = base
+        .split_once("://")
+        .ok_or_else(|| anyhow!("--postgres-url must look like postgres://user@host/db"))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let mut out = format!("{scheme}://{authority}/{name}");
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+/// `url` without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(_)) => {
+            let (credentials, host) = rest.rsplit_once('@').unwrap_or(("", rest));
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}@{host}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Where the SQLite run keeps its file; removed afterwards.
+struct SqliteFolder {
+    /// The database file.
+    file: PathBuf,
+    /// The folder, when the bench created it (then it is removed whole).
+    own_folder: Option<PathBuf>,
+}
+
+impl SqliteFolder {
+    /// A fresh file in `folder` (created if missing), or in a new temporary folder.
+    fn new(folder: Option<&Path>) -> anyhow::Result<Self> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (folder, own) = match folder {
+            Some(folder) => (folder.to_path_buf(), false),
+            None => (std::env::temp_dir().join(format!("bench_{id}")), true),
+        };
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("creating the SQLite folder {}", folder.display()))?;
+        Ok(Self {
+            file: folder.join(format!("bench_{id}.db")),
+            own_folder: own.then_some(folder),
+        })
+    }
+
+    /// Deletes the database (with its WAL files) or the whole temporary folder.
+    fn remove(self) {
+        match &self.own_folder {
+            Some(folder) => {
+                let _ = std::fs::remove_dir_all(folder);
+            }
+            None => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut path = self.file.clone().into_os_string();
+                    path.push(suffix);
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_database_of_a_url_is_replaced() {
+        let url = |u| with_database(u, "bench_x").unwrap();
+        assert_eq!(
+            url("postgres://postgres@127.0.0.1:5432/postgres"),
+            "postgres://postgres@127.0.0.1:5432/bench_x"
+        );
+        assert_eq!(url("postgres://u:p@h"), "postgres://u:p@h/bench_x");
+        assert_eq!(
+            url("postgresql://u@h/db?sslmode=disable"),
+            "postgresql://u@h/bench_x?sslmode=disable"
+        );
+        assert!(with_database("nonsense", "bench_x").is_err());
+    }
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn the_lag_bucket_reads_in_milliseconds() {
+        assert_eq!(bucket((0.025, 0.05)), "25-50");
+        assert_eq!(bucket((30.0, f64::INFINITY)), ">30000");
+    }
+}

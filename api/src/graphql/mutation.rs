@@ -8,8 +8,8 @@ use domain::ticket::TicketAction;
 use domain::Role;
 
 use super::types::{
-    AssignmentAlgorithm, AssignmentMode, BulkItemResult, BulkResult, Comment, Division, Priority,
-    Ticket,
+    Agent, AssignmentAlgorithm, AssignmentMode, BulkItemResult, BulkResult, Comment, Division,
+    Priority, Ticket,
 };
 use super::{caller_in, helpdesk, parse_uuid, request_id};
 use crate::auth::Caller;
@@ -46,6 +46,17 @@ pub struct CreateDivisionInput {
     pub algorithm: Option<AssignmentAlgorithm>,
     /// Default 10.
     pub avg_handling_minutes: Option<i64>,
+}
+
+/// The contract's `registerAgent` input.
+#[derive(InputObject)]
+pub struct RegisterAgentInput {
+    /// Display name.
+    pub name: String,
+    /// Active tickets the agent may hold (default 5).
+    pub max_tickets: Option<i64>,
+    /// Divisions the agent serves.
+    pub division_ids: Option<Vec<ID>>,
 }
 
 const WRITERS: &[Role] = &[Role::Admin, Role::Agent];
@@ -290,6 +301,38 @@ impl Mutation {
             }
         })
         .await
+    }
+
+    /// Registers an agent (admin). Give the agent a token with `sub` = the returned id.
+    async fn register_agent(
+        &self,
+        ctx: &Context<'_>,
+        input: RegisterAgentInput,
+    ) -> async_graphql::Result<Agent> {
+        let caller = caller_in(ctx, &[Role::Admin], "register agents")?;
+        let helpdesk = helpdesk(ctx)?;
+        let division_ids = input
+            .division_ids
+            .unwrap_or_default()
+            .iter()
+            .map(|d| parse_uuid(d, "division"))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let id = helpdesk
+            .register_agent(
+                caller,
+                &request_id(ctx),
+                input.name,
+                input
+                    .max_tickets
+                    .unwrap_or(domain::agent::DEFAULT_MAX_TICKETS),
+                division_ids,
+            )
+            .await?;
+        let record = projections::agents::agent(&helpdesk.db, &caller.organization, &id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::internal("agent recorded but not visible yet"))?;
+        Ok(Agent::from(record))
     }
 
     /// Creates a division (admin).

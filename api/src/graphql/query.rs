@@ -4,8 +4,9 @@ use async_graphql::{Context, InputObject, Object, ID};
 use projections::tickets::TicketFilter as TicketFilterRecord;
 
 use super::types::{
-    parse_queue_cursor, parse_ticket_cursor, queue_cursor, ticket_cursor, Division, Priority,
-    QueueConnection, QueueEdge, QueueEntry, Ticket, TicketConnection, TicketEdge, TicketStatus,
+    parse_queue_cursor, parse_ticket_cursor, queue_cursor, ticket_cursor, Agent, Division,
+    Priority, QueueConnection, QueueEdge, QueueEntry, Ticket, TicketConnection, TicketEdge,
+    TicketStatus,
 };
 use super::{caller, helpdesk, page_size, parse_uuid};
 use crate::error::{ApiError, ApiResult};
@@ -155,6 +156,15 @@ impl Query {
             page.has_next_page,
             page.total_count,
         ))
+    }
+
+    /// The agents of the caller's organization, by name.
+    async fn agents(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Agent>> {
+        let caller = caller(ctx)?;
+        let records = projections::agents::agents(&helpdesk(ctx)?.db, &caller.organization)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(records.into_iter().map(Agent::from).collect())
     }
 
     /// The divisions of the caller's organization, in menu order.

@@ -4,6 +4,7 @@ use async_graphql::{ComplexObject, Context, Enum, SimpleObject, ID};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
+use projections::agents::AgentRecord;
 use projections::db::parse_timestamp;
 use projections::divisions::DivisionRecord;
 use projections::queue::QueueKey;
@@ -160,6 +161,19 @@ impl Ticket {
         )
     }
 
+    /// The agent holding the ticket (null when none, or not a registered agent).
+    async fn assignee(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Agent>> {
+        let Some(agent_id) = &self.assignee_id else {
+            return Ok(None);
+        };
+        caller(ctx)?;
+        let helpdesk = helpdesk(ctx)?;
+        let record = projections::agents::agent(&helpdesk.db, &self.organization, agent_id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(record.map(Agent::from))
+    }
+
     /// Comments, oldest first.
     async fn comments(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Comment>> {
         caller(ctx)?;
@@ -199,6 +213,33 @@ impl Comment {
             text: record.text,
             author_id: ID(record.author_id),
         })
+    }
+}
+
+/// An agent of the organization.
+#[derive(SimpleObject)]
+pub struct Agent {
+    /// Opaque id; the `sub` of the agent's tokens.
+    pub id: ID,
+    /// Display name.
+    pub name: String,
+    /// Whether the agent is online.
+    pub online: bool,
+    /// Active tickets (ASSIGNED or IN_PROGRESS) the agent may hold.
+    pub max_tickets: i64,
+    /// The divisions whose queues the agent serves.
+    pub division_ids: Vec<ID>,
+}
+
+impl From<AgentRecord> for Agent {
+    fn from(record: AgentRecord) -> Self {
+        Self {
+            division_ids: record.division_ids().into_iter().map(ID).collect(),
+            id: ID(record.id),
+            name: record.name,
+            online: record.online,
+            max_tickets: record.max_tickets,
+        }
     }
 }
 
