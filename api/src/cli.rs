@@ -112,13 +112,7 @@ async fn replay(config: Config, only: Option<String>) -> anyhow::Result<()> {
         );
         bar.set_prefix(projection.name().to_string());
         runner::reset(&db, projection.as_ref()).await?;
-        let mut done = 0u64;
-        runner::catch_up(&db, projection.as_ref(), |_| {
-            done += runner::BATCH_SIZE as u64;
-            bar.set_position(done.min(total as u64));
-        })
-        .await?;
-        bar.set_position(total as u64);
+        runner::catch_up(&db, projection.as_ref(), |applied| bar.inc(applied as u64)).await?;
         bar.finish();
     }
     db.close().await;

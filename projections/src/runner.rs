@@ -244,7 +244,7 @@ impl Runner {
             )
             .await;
             let pause = match step {
-                Ok(Step::Advanced(to)) => {
+                Ok(Step::Advanced { to, .. }) => {
                     failures = 0;
                     fence_retries = 0;
                     self.progress.send_replace(to);
@@ -299,8 +299,8 @@ impl Runner {
 /// What one batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Applied events; the checkpoint is now here.
-    Advanced(Checkpoint),
+    /// Applied `applied` events; the checkpoint is now at `to`.
+    Advanced { to: Checkpoint, applied: usize },
     /// Nothing new to apply.
     Idle,
     /// Someone else (another replica, a rebuild) moved the checkpoint first.
@@ -356,7 +356,10 @@ pub async fn batch(
         }
         telemetry.applied.add(labels, events.len() as u64);
     }
-    Ok(Step::Advanced(to))
+    Ok(Step::Advanced {
+        to,
+        applied: events.len(),
+    })
 }
 
 /// Reads (creating if needed) the checkpoint of `name`.
@@ -399,19 +402,20 @@ pub async fn reset(db: &Database, projection: &dyn Projection) -> Result<(), DbE
 }
 
 /// Applies batches until the projection has passed everything committed when it started,
-/// calling `on_batch` with the checkpoint after each. Used by `helpdesk replay` and tests.
+/// calling `on_batch` with the number of events each batch applied. Used by
+/// `helpdesk replay` and tests.
 pub async fn catch_up(
     db: &Database,
     projection: &dyn Projection,
-    mut on_batch: impl FnMut(Checkpoint),
+    mut on_batch: impl FnMut(usize),
 ) -> Result<Checkpoint, DbError> {
     let target = event_log::log_head(db).await?;
     let mut checkpoint = load_checkpoint(db, projection.name()).await?;
     while checkpoint < target {
         match batch(db, projection, checkpoint, None, false).await? {
-            Step::Advanced(to) => {
+            Step::Advanced { to, applied } => {
                 checkpoint = to;
-                on_batch(to);
+                on_batch(applied);
             }
             Step::Overtaken => checkpoint = load_checkpoint(db, projection.name()).await?,
             // The fence may hide the head for a moment on PostgreSQL.

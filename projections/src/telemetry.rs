@@ -33,6 +33,32 @@ impl Histogram {
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
+    /// How many observations were recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The bucket holding the `q`-quantile (`0.0..=1.0`), as `(lower, upper]` bounds in
+    /// seconds — exactly what the buckets can say, without interpolating inside one. The
+    /// upper bound is infinite when the quantile lies above the last bucket; `None` when
+    /// nothing was recorded. For reading figures in process (the `bench` binary).
+    pub fn quantile_bucket(&self, q: f64) -> Option<(f64, f64)> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        // The rank of the quantile, 1-based: the smallest n with n >= q * count.
+        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
+        let mut lower = 0.0;
+        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+            if bucket.load(Ordering::Relaxed) >= rank {
+                return Some((lower, *bound));
+            }
+            lower = *bound;
+        }
+        Some((lower, f64::INFINITY))
+    }
+
     fn render(&self, name: &str, labels: &str, out: &mut String) {
         let sep = if labels.is_empty() { "" } else { "," };
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
@@ -72,6 +98,12 @@ impl HistogramFamily {
             series.entry(labels).or_default().clone()
         };
         histogram.observe(seconds);
+    }
+
+    /// The histogram recorded under `labels` (rendered as `k="v",...`), if any.
+    pub fn series(&self, labels: &str) -> Option<std::sync::Arc<Histogram>> {
+        let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        series.get(labels).cloned()
     }
 
     /// Appends the family in Prometheus text format.
@@ -137,5 +169,22 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("lag_seconds_count{p=\"a\"} 2"), "{out}");
+    }
+
+    #[test]
+    fn quantile_bucket_names_the_bucket_holding_the_quantile() {
+        let family = HistogramFamily::default();
+        assert!(family.series("p=\"a\"").is_none());
+        for _ in 0..98 {
+            family.observe("p=\"a\"".into(), 0.003);
+        }
+        family.observe("p=\"a\"".into(), 0.07);
+        family.observe("p=\"a\"".into(), 45.0);
+        let histogram = family.series("p=\"a\"").unwrap();
+        assert_eq!(histogram.count(), 100);
+        assert_eq!(histogram.quantile_bucket(0.5), Some((0.0025, 0.005)));
+        assert_eq!(histogram.quantile_bucket(0.99), Some((0.05, 0.1)));
+        assert_eq!(histogram.quantile_bucket(1.0), Some((30.0, f64::INFINITY)));
+        assert_eq!(Histogram::default().quantile_bucket(0.99), None);
     }
 }

@@ -66,11 +66,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use postgres_es::PostgresEventRepository;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -410,10 +409,7 @@ impl Driver {
                     .map_err(|e| failed("createTicket", &e))
             }
             Driver::Baseline(baseline) => {
-                let text = format!(
-                    "{subject} {}",
-                    description.as_deref().unwrap_or_default()
-                );
+                let text = format!("{subject} {}", description.as_deref().unwrap_or_default());
                 let (priority, priority_source) = baseline.keywords.resolve(None, &text);
                 let id = uuid::Uuid::new_v4().to_string();
                 let action = TicketAction::Create {
@@ -507,7 +503,7 @@ async fn drive(
         ProgressStyle::with_template("  {bar:40} {pos}/{len} lifecycles  {per_sec}  eta {eta}")
             .context("progress bar template")?,
     );
-    let next = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut set = JoinSet::new();
     for _ in 0..workers {
@@ -517,7 +513,7 @@ async fn drive(
         set.spawn(async move {
             let mut latency = latency_histogram()?;
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed) as u64;
+                let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= lifecycles {
                     return anyhow::Ok(latency);
                 }
@@ -544,7 +540,7 @@ async fn drive(
             Err(error) => {
                 if first_error.is_none() {
                     // Stop the other workers: the run is invalid anyway.
-                    next.store(usize::MAX / 2, Ordering::Relaxed);
+                    next.store(u64::MAX / 2, Ordering::Relaxed);
                     first_error = Some(error);
                 }
             }
@@ -616,10 +612,12 @@ fn print_report(args: &Args, results: &[Measurement]) {
 
 /// A fixed histogram bucket `(lower, upper]` in seconds, as milliseconds: `25-50`.
 fn bucket((lower, upper): (f64, f64)) -> String {
+    // Round to 0.1 ms so that 0.025 s reads 25, not 25.000000000000004.
+    let ms = |seconds: f64| (seconds * 1e4).round() / 10.0;
     if upper.is_infinite() {
-        format!(">{}", lower * 1e3)
+        format!(">{}", ms(lower))
     } else {
-        format!("{}-{}", lower * 1e3, upper * 1e3)
+        format!("{}-{}", ms(lower), ms(upper))
     }
 }
 
@@ -699,13 +697,15 @@ fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
 
 /// `url` without its password, for messages.
 fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(_)) => {
-            let (credentials, host) = rest.rsplit_once('@').unwrap_or(("", rest));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((credentials, host)) => {
             let user = credentials.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}@{host}")
         }
-        _ => url.to_string(),
+        None => url.to_string(),
     }
 }
 
@@ -778,6 +778,7 @@ mod tests {
     #[test]
     fn the_lag_bucket_reads_in_milliseconds() {
         assert_eq!(bucket((0.025, 0.05)), "25-50");
+        assert_eq!(bucket((0.0, 0.0025)), "0-2.5");
         assert_eq!(bucket((30.0, f64::INFINITY)), ">30000");
     }
 }

@@ -25,7 +25,8 @@ pub type HelpdeskSchema = Schema<query::Query, mutation::Mutation, EmptySubscrip
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
-/// Most expensive query accepted (each field costs 1; connections multiply by `first`).
+/// Most expensive query accepted (each field costs 1; a connection costs its selection once
+/// per requested item).
 pub const MAX_COMPLEXITY: usize = 5_000;
 /// Largest page of a connection.
 pub const MAX_PAGE: i32 = 100;

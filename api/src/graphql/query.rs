@@ -29,6 +29,13 @@ pub struct TicketFilter {
 /// The read side.
 pub struct Query;
 
+/// A page costs its node selection once per requested item (out-of-range sizes are refused
+/// by the resolver, so they are priced as the largest page here).
+fn page_cost(first: Option<i32>, child_complexity: usize) -> usize {
+    let items = first.unwrap_or(20).clamp(1, super::MAX_PAGE) as usize;
+    items.saturating_mul(child_complexity).saturating_add(1)
+}
+
 #[Object]
 impl Query {
     /// One ticket of the caller's organization.
@@ -42,6 +49,7 @@ impl Query {
     }
 
     /// Tickets of the caller's organization, newest first.
+    #[graphql(complexity = "page_cost(first, child_complexity)")]
     async fn tickets(
         &self,
         ctx: &Context<'_>,
@@ -98,6 +106,7 @@ impl Query {
 
     /// The queue of a division (without `divisionId`: of tickets that have no division), in
     /// the order tickets will be served.
+    #[graphql(complexity = "page_cost(first, child_complexity)")]
     async fn queue(
         &self,
         ctx: &Context<'_>,
