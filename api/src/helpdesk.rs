@@ -6,15 +6,16 @@
 //! until every projection has applied the aggregate's newest event, so the query that
 //! follows sees the change.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
 use domain::agent::{AgentAction, AgentCommand, AgentStatus};
 use domain::division::{Division, DivisionAction, DivisionCommand, DivisionProfile};
 use domain::metadata::EventMetadata;
 use domain::priority::Priority;
-use domain::ticket::{Ticket, TicketAction, TicketCommand};
+use domain::ticket::{Ticket, TicketAction, TicketCommand, TicketEvent, TicketStatus};
 use domain::PriorityKeywords;
 use projections::agents::AgentsProjection;
+use projections::db::timestamp;
 use projections::divisions::DivisionsProjection;
 use projections::event_store::{event_store, EventStore};
 use projections::runner::{
@@ -22,7 +23,7 @@ use projections::runner::{
     RunnerOptions,
 };
 use projections::telemetry::{label, CounterFamily, HistogramFamily};
-use projections::tickets::TicketsProjection;
+use projections::tickets::{TicketRecord, TicketsProjection};
 use projections::{event_log, Database};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -128,13 +129,15 @@ impl Helpdesk {
         Ok((Arc::new(helpdesk), tasks))
     }
 
-    /// Opens a ticket and returns its id.
+    /// Opens a ticket. Returns the ticket as its creation event describes it, for answering
+    /// when the read model has not caught up within the consistency timeout (the event is
+    /// committed: answering with an error would make clients create it twice).
     pub async fn create_ticket(
         &self,
         caller: &Caller,
         request_id: &str,
         input: NewTicket,
-    ) -> ApiResult<String> {
+    ) -> ApiResult<TicketRecord> {
         if let Some(division) = &input.division_id {
             if projections::divisions::division(&self.db, &caller.organization, division)
                 .await?
@@ -169,27 +172,62 @@ impl Helpdesk {
         if let TicketAction::Create { number: n, .. } = &mut command.action {
             *n = number;
         }
+        let created = Ticket::default().preview(&command)?;
         let id = uuid::Uuid::new_v4().to_string();
-        self.execute(
-            &self.tickets,
-            &id,
-            command,
-            caller,
-            request_id,
-            "createTicket",
-        )
-        .await?;
-        Ok(id)
+        let at = self
+            .execute(
+                &self.tickets,
+                &id,
+                command,
+                caller,
+                request_id,
+                "createTicket",
+            )
+            .await?;
+        match created.into_iter().next() {
+            Some(TicketEvent::TicketCreated {
+                organization,
+                number,
+                subject,
+                description,
+                priority,
+                division_id,
+                ..
+            }) => Ok(TicketRecord {
+                id,
+                organization_id: organization,
+                number,
+                subject,
+                description,
+                status: TicketStatus::Queued.as_str().into(),
+                priority: priority.as_str().into(),
+                division_id,
+                assignee_id: None,
+                created_by: caller.actor.id.clone(),
+                created_at: timestamp(at),
+                updated_at: timestamp(at),
+                assigned_at: None,
+                resolved_at: None,
+                closed_at: None,
+                resolution: None,
+                rating: None,
+                feedback: None,
+                version: 1,
+            }),
+            _ => Err(ApiError::internal(
+                "ticket creation decided no TicketCreated event",
+            )),
+        }
     }
 
-    /// Runs a command on an existing ticket.
+    /// Runs a command on an existing ticket; returns when it happened.
     pub async fn on_ticket(
         &self,
         caller: &Caller,
         request_id: &str,
         ticket_id: &str,
         action: TicketAction,
-    ) -> ApiResult<()> {
+    ) -> ApiResult<DateTime<Utc>> {
         let name = command_name(&action);
         let command = TicketCommand {
             organization: caller.organization.clone(),
@@ -274,7 +312,7 @@ impl Helpdesk {
         caller: &Caller,
         request_id: &str,
         name: &'static str,
-    ) -> ApiResult<()>
+    ) -> ApiResult<DateTime<Utc>>
     where
         A: Aggregate,
         A::Command: Clone,
@@ -285,7 +323,7 @@ impl Helpdesk {
             .execute_and_wait(cqrs, aggregate_id, command, caller, request_id)
             .await;
         let outcome = match &result {
-            Ok(()) => "ok",
+            Ok(_) => "ok",
             Err(e) => e.code(),
         };
         self.metrics.commands.observe(
@@ -302,16 +340,17 @@ impl Helpdesk {
         command: A::Command,
         caller: &Caller,
         request_id: &str,
-    ) -> ApiResult<()>
+    ) -> ApiResult<DateTime<Utc>>
     where
         A: Aggregate,
         A::Command: Clone,
         A::Error: Into<ApiError>,
     {
+        let occurred_at = Utc::now();
         let metadata = EventMetadata {
             organization: caller.organization.clone(),
             actor: caller.actor.clone(),
-            occurred_at: Utc::now(),
+            occurred_at,
             request_id: request_id.to_string(),
             correlation_id: request_id.to_string(),
             causation_id: None,
@@ -337,7 +376,8 @@ impl Helpdesk {
             }
         }
         self.signal.ring();
-        self.wait_for_projections(A::TYPE, aggregate_id).await
+        self.wait_for_projections(A::TYPE, aggregate_id).await?;
+        Ok(occurred_at)
     }
 
     /// Waits (bounded) until every projection reflects the newest event of an aggregate.

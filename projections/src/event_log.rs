@@ -106,7 +106,7 @@ pub async fn read_after(
             .fetch_all(pool)
             .await?
             .iter()
-            .map(|row| decode_row(row))
+            .map(decode_row)
             .collect::<Result<Vec<_>, _>>()?,
         Backend::Postgres(pool) => sqlx::query(POSTGRES_READ)
             .bind(after.tx_id.to_string())
@@ -115,7 +115,7 @@ pub async fn read_after(
             .fetch_all(pool)
             .await?
             .iter()
-            .map(|row| decode_row(row))
+            .map(decode_row)
             .collect::<Result<Vec<_>, _>>()?,
     };
     Ok(rows)

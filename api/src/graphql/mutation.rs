@@ -6,6 +6,7 @@ use domain::division::DivisionProfile;
 use domain::limits::{within, MAX_NAME_CHARS};
 use domain::ticket::TicketAction;
 use domain::Role;
+use projections::tickets::CommentRecord;
 
 use super::types::{
     Agent, AssignmentAlgorithm, AssignmentMode, BulkItemResult, BulkResult, Comment, Division,
@@ -115,7 +116,7 @@ impl Mutation {
             .division_id
             .map(|d| parse_uuid(&d, "division"))
             .transpose()?;
-        let id = helpdesk
+        let created = helpdesk
             .create_ticket(
                 caller,
                 &request_id(ctx),
@@ -127,7 +128,10 @@ impl Mutation {
                 },
             )
             .await?;
-        Ok(ticket_after(helpdesk, caller, &id).await?)
+        let visible = projections::tickets::ticket(&helpdesk.db, &caller.organization, &created.id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Ticket::from_record(visible.unwrap_or(created))?)
     }
 
     /// The calling agent takes a queued ticket.
@@ -238,21 +242,30 @@ impl Mutation {
         let helpdesk = helpdesk(ctx)?;
         let ticket_id = parse_uuid(&ticket_id, "ticket")?;
         let comment_id = uuid::Uuid::new_v4().to_string();
-        helpdesk
+        let at = helpdesk
             .on_ticket(
                 caller,
                 &request_id(ctx),
                 &ticket_id,
                 TicketAction::AddComment {
                     comment_id: comment_id.clone(),
-                    text,
+                    text: text.clone(),
                 },
             )
             .await?;
-        let record = projections::tickets::comment(&helpdesk.db, &caller.organization, &comment_id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::internal("comment recorded but not visible yet"))?;
+        let visible =
+            projections::tickets::comment(&helpdesk.db, &caller.organization, &comment_id)
+                .await
+                .map_err(ApiError::from)?;
+        // The event is committed: if the read model lags, answer from what was recorded
+        // (an error would make the client comment twice).
+        let record = visible.unwrap_or_else(|| CommentRecord {
+            id: comment_id,
+            ticket_id,
+            author_id: caller.actor.id.clone(),
+            text: text.trim().to_string(),
+            created_at: projections::db::timestamp(at),
+        });
         Ok(Comment::from_record(record)?)
     }
 
