@@ -223,8 +223,18 @@ struct Measurement {
 
 /// The p99 projection lag as the runners' fixed-bucket histograms tell it.
 struct Lag {
-    /// `(projection, p99 bucket (lower, upper] in seconds, samples)`, per projection.
-    by_projection: Vec<(&'static str, Option<(f64, f64)>, u64)>,
+    /// One entry per projection.
+    by_projection: Vec<ProjectionLag>,
+}
+
+/// The p99 lag of one projection.
+struct ProjectionLag {
+    /// The projection's name.
+    projection: &'static str,
+    /// The bucket `(lower, upper]`, in seconds, holding its p99; `None` without samples.
+    p99: Option<(f64, f64)>,
+    /// How many events it recorded a lag for.
+    samples: u64,
 }
 
 impl Lag {
@@ -233,7 +243,7 @@ impl Lag {
     fn worst(&self) -> Option<(f64, f64)> {
         self.by_projection
             .iter()
-            .filter_map(|(_, bucket, _)| *bucket)
+            .filter_map(|p| p.p99)
             .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 }
@@ -292,11 +302,11 @@ fn projection_lag(helpdesk: &Helpdesk) -> Lag {
         .iter()
         .map(|projection| {
             let series = lag.series(&format!("projection=\"{}\"", label(projection.name())));
-            (
-                projection.name(),
-                series.as_ref().and_then(|h| h.quantile_bucket(P99)),
-                series.as_ref().map_or(0, |h| h.count()),
-            )
+            ProjectionLag {
+                projection: projection.name(),
+                p99: series.as_ref().and_then(|h| h.quantile_bucket(P99)),
+                samples: series.as_ref().map_or(0, |h| h.count()),
+            }
         })
         .collect();
     Lag { by_projection }
@@ -325,7 +335,7 @@ async fn measure_baseline(url: &str, args: &Args) -> anyhow::Result<Measurement>
     let name = "baseline / postgres";
     let driven = drive(
         name,
-        Arc::new(Driver::Baseline(baseline)),
+        Arc::new(Driver::Baseline(Box::new(baseline))),
         args.lifecycles,
         args.workers,
     )
@@ -385,7 +395,7 @@ enum Driver {
     /// The real command side.
     Helpdesk(Arc<Helpdesk>),
     /// Bare cqrs-es.
-    Baseline(Baseline),
+    Baseline(Box<Baseline>),
 }
 
 impl Driver {
@@ -406,6 +416,7 @@ impl Driver {
                 helpdesk
                     .create_ticket(&caller, &request_id, input)
                     .await
+                    .map(|ticket| ticket.id)
                     .map_err(|e| failed("createTicket", &e))
             }
             Driver::Baseline(baseline) => {
@@ -457,6 +468,7 @@ impl Driver {
                 helpdesk
                     .on_ticket(caller, request_id, id, action)
                     .await
+                    .map(|_| ())
                     .map_err(|e| failed(name, &e))
             }
             Driver::Baseline(baseline) => baseline.execute(caller, request_id, id, action).await,
@@ -600,9 +612,9 @@ fn print_report(args: &Args, results: &[Measurement]) {
             let parts: Vec<String> = lag
                 .by_projection
                 .iter()
-                .map(|(projection, b, samples)| {
-                    let b = b.map_or("no samples".into(), bucket);
-                    format!("{projection} {b} ms ({samples} events)")
+                .map(|p| {
+                    let b = p.p99.map_or("no samples".into(), bucket);
+                    format!("{} {b} ms ({} events)", p.projection, p.samples)
                 })
                 .collect();
             println!("  {} p99 lag by projection: {}", m.name, parts.join(", "));
