@@ -33,8 +33,42 @@ use crate::auth::Caller;
 use crate::config::Config;
 use crate::error::{from_aggregate, ApiError, ApiResult};
 
-/// How often a command is tried when concurrent commands on the same aggregate win.
-const MAX_ATTEMPTS: u32 = 5;
+/// How often a command is tried when concurrent commands on the same aggregate (from other
+/// replicas) win.
+const MAX_ATTEMPTS: u32 = 8;
+
+/// Exponential backoff with full jitter (2 ms base, 200 ms cap), so that the same contenders
+/// do not collide again in lockstep.
+fn retry_delay(attempt: u32) -> Duration {
+    let ceiling = (2u64 << attempt.min(10)).min(200);
+    Duration::from_millis(rand::random::<u64>() % ceiling + 1)
+}
+
+/// Striped per-aggregate turns: one in-process mutex per stripe, chosen by hashing the
+/// aggregate, so commands on one aggregate run one at a time in this process.
+struct AggregateTurns {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl AggregateTurns {
+    fn new(stripes: usize) -> Self {
+        Self {
+            stripes: (0..stripes).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    async fn take(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+    ) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (aggregate_type, aggregate_id).hash(&mut hasher);
+        let stripe = (hasher.finish() % self.stripes.len() as u64) as usize;
+        self.stripes[stripe].lock().await
+    }
+}
 
 /// Every projection the helpdesk maintains, in the order they are listed to operators.
 pub fn all_projections() -> Vec<Arc<dyn Projection>> {
@@ -84,6 +118,7 @@ pub struct Helpdesk {
     /// Words that set a new ticket's priority.
     pub keywords: PriorityKeywords,
     consistency_timeout: Duration,
+    aggregate_turns: AggregateTurns,
     /// Figures for `/metrics`.
     pub metrics: Arc<Metrics>,
 }
@@ -99,7 +134,7 @@ impl Helpdesk {
         db.migrate().await?;
         let metrics = Arc::new(Metrics::default());
         let signal = LogSignal::default();
-        signal.listen_to_postgres(&db, shutdown.clone());
+        let listener = signal.listen_to_postgres(&db, shutdown.clone());
         let pause_before_commit = config
             .failpoint
             .as_deref()
@@ -114,7 +149,8 @@ impl Helpdesk {
                 pause_before_commit,
             },
         );
-        let (progress, tasks) = runners.start(shutdown).await?;
+        let (progress, mut tasks) = runners.start(shutdown).await?;
+        tasks.extend(listener);
         let helpdesk = Self {
             tickets: CqrsFramework::new(event_store(&db), vec![], ()),
             divisions: CqrsFramework::new(event_store(&db), vec![], ()),
@@ -124,6 +160,7 @@ impl Helpdesk {
             signal,
             keywords: config.priority_keywords.clone(),
             consistency_timeout: config.consistency_timeout,
+            aggregate_turns: AggregateTurns::new(1024),
             metrics,
         };
         Ok((Arc::new(helpdesk), tasks))
@@ -356,23 +393,26 @@ impl Helpdesk {
             causation_id: None,
         }
         .to_map();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match cqrs
-                .execute_with_metadata(aggregate_id, command.clone(), metadata.clone())
-                .await
-            {
-                Ok(()) => break,
-                Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
-                    self.metrics
-                        .conflict_retries
-                        .add(format!("aggregate=\"{}\"", A::TYPE), 1);
-                    // Spread the retries so that the same contenders do not collide again.
-                    let jitter = rand::random::<u64>() % 10;
-                    tokio::time::sleep(Duration::from_millis(5 * attempt as u64 + jitter)).await;
+        {
+            // Commands on one aggregate from this process take turns, so they never conflict
+            // with each other; only other replicas can still win a race (retried below).
+            let _turn = self.aggregate_turns.take(A::TYPE, aggregate_id).await;
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match cqrs
+                    .execute_with_metadata(aggregate_id, command.clone(), metadata.clone())
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(AggregateError::AggregateConflict) if attempt < MAX_ATTEMPTS => {
+                        self.metrics
+                            .conflict_retries
+                            .add(format!("aggregate=\"{}\"", A::TYPE), 1);
+                        tokio::time::sleep(retry_delay(attempt)).await;
+                    }
+                    Err(error) => return Err(from_aggregate(error)),
                 }
-                Err(error) => return Err(from_aggregate(error)),
             }
         }
         self.signal.ring();

@@ -1,7 +1,7 @@
 -- The event log: the columns postgres-es reads and writes, plus a global order.
 -- Insert order is not commit order on PostgreSQL, so each row also records the id of the
 -- transaction that wrote it; readers only take rows whose transaction is older than every
--- transaction still running (tx_id < pg_snapshot_xmin(pg_current_snapshot())) and read
+-- transaction still running in this database (see projections/src/event_log.rs) and read
 -- them ordered by (tx_id, position). postgres-es names its columns, so it never sees these.
 CREATE TABLE events
 (

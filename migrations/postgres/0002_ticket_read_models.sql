@@ -21,6 +21,9 @@ CREATE TABLE tickets
     resolution      text,
     rating          bigint,
     feedback        text,
+    -- subject and description lower-cased by the projection (Unicode-aware, unlike SQLite's
+    -- LOWER), matched by the `search` filter
+    search_text     text    NOT NULL,
     version         bigint NOT NULL,
     UNIQUE (organization_id, number)
 );

@@ -107,3 +107,29 @@ pub async fn agent(
     .fetch_optional(pool)
     .await?))
 }
+
+/// How many agents of `organization` are online and serve `division_id` (`None`: any
+/// online agent serves tickets without a division).
+pub async fn online_serving(
+    db: &Database,
+    organization: &str,
+    division_id: Option<&str>,
+) -> Result<i64, DbError> {
+    let divisions: Vec<String> = on_backend!(db, |pool| sqlx::query_scalar(
+        "SELECT division_ids FROM agents WHERE organization_id = $1 AND online = $2"
+    )
+    .bind(organization)
+    .bind(true)
+    .fetch_all(pool)
+    .await?);
+    Ok(divisions
+        .iter()
+        .filter(|json| match division_id {
+            None => true,
+            Some(division) => serde_json::from_str::<Vec<String>>(json)
+                .unwrap_or_default()
+                .iter()
+                .any(|d| d == division),
+        })
+        .count() as i64)
+}

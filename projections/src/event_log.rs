@@ -83,12 +83,29 @@ SELECT position, 0 AS tx, aggregate_type, aggregate_id, sequence, event_type, ev
  ORDER BY position
  LIMIT $3";
 
+/// The fence: the oldest transaction that was still running when this statement's snapshot
+/// was taken and that may write to this database (`xmax` when there is none). Rows of older
+/// transactions are final. Transaction ids are cluster-wide, so a plain
+/// `pg_snapshot_xmin` would also wait for transactions of *other databases* on the same
+/// server; those are left out — but only when `pg_stat_activity` positively shows them in
+/// another database (an id it does not show, or shows without a database, still holds the
+/// fence, so a race with the statistics view can only delay, never reorder).
 const POSTGRES_READ: &str = "
+WITH snapshot AS (SELECT pg_current_snapshot() AS s),
+elsewhere AS (
+    SELECT backend_xid::text AS xid FROM pg_stat_activity
+     WHERE backend_xid IS NOT NULL AND datname IS NOT NULL AND datname <> current_database()
+),
+fence AS (
+    SELECT COALESCE(MIN(running), (SELECT pg_snapshot_xmax(s) FROM snapshot)) AS tx
+      FROM snapshot, pg_snapshot_xip(snapshot.s) AS running
+     WHERE (running::text::bigint % 4294967296)::text NOT IN (SELECT xid FROM elsewhere)
+)
 SELECT position, tx_id::text::bigint AS tx, aggregate_type, aggregate_id, sequence, event_type,
        event_version, payload::text AS payload, metadata::text AS metadata
-  FROM events
+  FROM events, fence
  WHERE (tx_id > $1::text::xid8 OR (tx_id = $1::text::xid8 AND position > $2))
-   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+   AND tx_id < fence.tx
  ORDER BY tx_id, position
  LIMIT $3";
 

@@ -62,12 +62,19 @@ impl LogSignal {
     }
 
     /// On PostgreSQL, rings on every `helpdesk_events` notification (sent by a trigger when
-    /// any replica commits events). Reconnects on failure; polling covers the gaps.
-    pub fn listen_to_postgres(&self, db: &Database, shutdown: CancellationToken) {
-        let Backend::Postgres(pool) = db else { return };
+    /// any replica commits events). Reconnects on failure; polling covers the gaps. Returns
+    /// the listening task (none on SQLite), to be awaited before the pool is closed.
+    pub fn listen_to_postgres(
+        &self,
+        db: &Database,
+        shutdown: CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let Backend::Postgres(pool) = db else {
+            return None;
+        };
         let pool = pool.clone();
         let signal = self.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             loop {
                 let listened = async {
                     let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
@@ -92,7 +99,7 @@ impl LogSignal {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-        });
+        }))
     }
 }
 

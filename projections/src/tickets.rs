@@ -52,8 +52,9 @@ impl Projection for TicketsProjection {
                 on_backend!(tx, |t| {
                     sqlx::query(
                         "INSERT INTO tickets (id, organization_id, number, subject, description,
-                            status, priority, division_id, created_by, created_at, updated_at, version)
-                         VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, $9, $10)",
+                            status, priority, division_id, created_by, created_at, updated_at, version,
+                            search_text)
+                         VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, $9, $10, $11)",
                     )
                     .bind(id)
                     .bind(&organization)
@@ -65,6 +66,7 @@ impl Projection for TicketsProjection {
                     .bind(&event.metadata.actor.id)
                     .bind(&at)
                     .bind(version)
+                    .bind(search_text(&subject, description.as_deref()))
                     .execute(&mut **t)
                     .await?;
                     sqlx::query(
@@ -205,6 +207,11 @@ impl Projection for TicketsProjection {
         }
         Ok(())
     }
+}
+
+/// What the `search` filter matches: subject and description, lower-cased.
+fn search_text(subject: &str, description: Option<&str>) -> String {
+    format!("{}\n{}", subject, description.unwrap_or_default()).to_lowercase()
 }
 
 /// `UPDATE tickets SET <set>, updated_at, version WHERE id` (`set` may be empty). `$1` is the id, `$2` the
@@ -407,9 +414,7 @@ fn filtered(organization: &str, filter: &TicketFilter, select: &str) -> Statemen
                 .replace('_', "\\_")
         );
         let p = s.bind(Bind::Text(pattern));
-        let mut clause = format!(
-            " AND (LOWER(subject) LIKE {p} ESCAPE '\\' OR LOWER(COALESCE(description, '')) LIKE {p} ESCAPE '\\'"
-        );
+        let mut clause = format!(" AND (search_text LIKE {p} ESCAPE '\\'");
         if let Ok(number) = search.trim_start_matches('#').parse::<i64>() {
             let n = s.bind(Bind::Int(number));
             clause.push_str(&format!(" OR number = {n}"));

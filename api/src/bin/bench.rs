@@ -231,7 +231,9 @@ struct Lag {
 struct ProjectionLag {
     /// The projection's name.
     projection: &'static str,
-    /// The bucket `(lower, upper]`, in seconds, holding its p99; `None` without samples.
+    /// The bucket `(lower, upper]`, in seconds, holding its median; `None` without samples.
+    p50: Option<(f64, f64)>,
+    /// The bucket holding its p99.
     p99: Option<(f64, f64)>,
     /// How many events it recorded a lag for.
     samples: u64,
@@ -304,6 +306,7 @@ fn projection_lag(helpdesk: &Helpdesk) -> Lag {
             let series = lag.series(&format!("projection=\"{}\"", label(projection.name())));
             ProjectionLag {
                 projection: projection.name(),
+                p50: series.as_ref().and_then(|h| h.quantile_bucket(P50)),
                 p99: series.as_ref().and_then(|h| h.quantile_bucket(P99)),
                 samples: series.as_ref().map_or(0, |h| h.count()),
             }
@@ -609,15 +612,23 @@ fn print_report(args: &Args, results: &[Measurement]) {
     }
     for m in results {
         if let Some(lag) = &m.lag {
-            let parts: Vec<String> = lag
-                .by_projection
-                .iter()
-                .map(|p| {
-                    let b = p.p99.map_or("no samples".into(), bucket);
-                    format!("{} {b} ms ({} events)", p.projection, p.samples)
-                })
-                .collect();
-            println!("  {} p99 lag by projection: {}", m.name, parts.join(", "));
+            println!(
+                "\n{}: projection lag, histogram bucket holding the quantile",
+                m.name
+            );
+            println!(
+                "  {:<12} {:>12} {:>12} {:>8}",
+                "projection", "p50 ms", "p99 ms", "events"
+            );
+            for p in &lag.by_projection {
+                println!(
+                    "  {:<12} {:>12} {:>12} {:>8}",
+                    p.projection,
+                    p.p50.map_or("-".into(), bucket),
+                    p.p99.map_or("-".into(), bucket),
+                    p.samples
+                );
+            }
         }
     }
 }

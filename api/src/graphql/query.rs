@@ -4,9 +4,9 @@ use async_graphql::{Context, InputObject, Object, ID};
 use projections::tickets::TicketFilter as TicketFilterRecord;
 
 use super::types::{
-    parse_queue_cursor, parse_ticket_cursor, queue_cursor, ticket_cursor, Agent, Division,
-    Priority, QueueConnection, QueueEdge, QueueEntry, Ticket, TicketConnection, TicketEdge,
-    TicketStatus,
+    estimated_wait_seconds, parse_queue_cursor, parse_ticket_cursor, queue_cursor, ticket_cursor,
+    Agent, Division, Priority, QueueConnection, QueueEdge, QueueEntry, Ticket, TicketConnection,
+    TicketEdge, TicketStatus,
 };
 use super::{caller, helpdesk, page_size, parse_uuid};
 use crate::error::{ApiError, ApiResult};
@@ -25,6 +25,9 @@ pub struct TicketFilter {
     /// Words in subject or description, or a number (`42`, `#42`).
     pub search: Option<String>,
 }
+
+/// Typical handling time of tickets without a division (a division's default too).
+const DEFAULT_HANDLING_MINUTES: i64 = 10;
 
 /// The read side.
 pub struct Query;
@@ -118,20 +121,28 @@ impl Query {
         let helpdesk = helpdesk(ctx)?;
         let first = page_size(first)?;
         let after = after.as_deref().map(parse_queue_cursor).transpose()?;
-        let division_key = match division_id {
+        let (division_key, handling_minutes) = match division_id {
             Some(id) => {
                 let id = parse_uuid(&id, "division")?;
-                if projections::divisions::division(&helpdesk.db, &caller.organization, &id)
-                    .await
-                    .map_err(ApiError::from)?
-                    .is_none()
-                {
-                    return Err(ApiError::NotFound("division not found".into()).into());
-                }
-                id
+                let division =
+                    projections::divisions::division(&helpdesk.db, &caller.organization, &id)
+                        .await
+                        .map_err(ApiError::from)?
+                        .ok_or_else(|| ApiError::NotFound("division not found".into()))?;
+                (id, division.avg_handling_minutes)
             }
-            None => projections::tickets::NO_DIVISION.to_string(),
+            None => (
+                projections::tickets::NO_DIVISION.to_string(),
+                DEFAULT_HANDLING_MINUTES,
+            ),
         };
+        let online = projections::agents::online_serving(
+            &helpdesk.db,
+            &caller.organization,
+            Some(division_key.as_str()).filter(|k| !k.is_empty()),
+        )
+        .await
+        .map_err(ApiError::from)?;
         let page = projections::queue::page(
             &helpdesk.db,
             &caller.organization,
@@ -153,6 +164,11 @@ impl Query {
             edges.push(QueueEdge {
                 cursor: queue_cursor(&entry.into()),
                 node: QueueEntry {
+                    estimated_wait_seconds: estimated_wait_seconds(
+                        page.first_position + offset as i64,
+                        handling_minutes,
+                        online,
+                    ),
                     position: page.first_position + offset as i64,
                     waiting_since: projections::db::parse_timestamp(&entry.waiting_since)
                         .map_err(ApiError::from)?,
