@@ -3,9 +3,7 @@
 
 use async_graphql::ErrorExtensions;
 use cqrs_es::AggregateError;
-use domain::agent::AgentError;
-use domain::division::DivisionError;
-use domain::ticket::TicketError;
+use domain::DomainError;
 use projections::DbError;
 
 use crate::auth::AuthError;
@@ -92,46 +90,31 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl From<TicketError> for ApiError {
-    fn from(error: TicketError) -> Self {
+impl ApiError {
+    /// Maps a business refusal of a command on a `what` (ticket, division, agent).
+    pub fn refused(what: &str, error: DomainError) -> Self {
         match error {
-            TicketError::NotFound => ApiError::NotFound("ticket not found".into()),
-            TicketError::AlreadyExists => ApiError::Conflict("ticket already exists".into()),
-            TicketError::InvalidInput(why) => ApiError::BadUserInput(why),
-            TicketError::InvalidTransition(why) => ApiError::InvalidTransition(why),
-            TicketError::NotPermitted(why) => ApiError::Forbidden(why),
+            DomainError::NotFound => ApiError::NotFound(format!("{what} not found")),
+            DomainError::AlreadyExists => ApiError::Conflict(format!("{what} already exists")),
+            DomainError::InvalidInput(why) => ApiError::BadUserInput(why),
+            DomainError::InvalidTransition(why) => ApiError::InvalidTransition(why),
+            DomainError::NotPermitted(why) => ApiError::Forbidden(why),
         }
     }
 }
 
-impl From<DivisionError> for ApiError {
-    fn from(error: DivisionError) -> Self {
-        match error {
-            DivisionError::AlreadyExists => ApiError::Conflict("division already exists".into()),
-            DivisionError::InvalidInput(why) => ApiError::BadUserInput(why),
-            DivisionError::NotPermitted(why) => ApiError::Forbidden(why),
-        }
+/// A refusal met outside of a command on a known aggregate (e.g. a preview): tickets.
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        ApiError::refused("ticket", error)
     }
 }
 
-impl From<AgentError> for ApiError {
-    fn from(error: AgentError) -> Self {
-        match error {
-            AgentError::AlreadyExists => ApiError::Conflict("agent already exists".into()),
-            AgentError::InvalidInput(why) => ApiError::BadUserInput(why),
-            AgentError::NotPermitted(why) => ApiError::Forbidden(why),
-        }
-    }
-}
-
-/// Maps a cqrs-es failure: business refusals keep their meaning, a conflict that survived
-/// the retries is `CONFLICT`, everything else is internal.
-pub fn from_aggregate<E>(error: AggregateError<E>) -> ApiError
-where
-    E: std::error::Error + Into<ApiError>,
-{
+/// Maps a cqrs-es failure of a command on a `what`: business refusals keep their meaning,
+/// a conflict that survived the retries is `CONFLICT`, everything else is internal.
+pub fn from_aggregate(what: &str, error: AggregateError<DomainError>) -> ApiError {
     match error {
-        AggregateError::UserError(e) => e.into(),
+        AggregateError::UserError(e) => ApiError::refused(what, e),
         AggregateError::AggregateConflict => ApiError::Conflict(
             "another change to the same item was committed at the same moment; retry".into(),
         ),

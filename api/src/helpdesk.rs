@@ -13,7 +13,7 @@ use domain::division::{Division, DivisionAction, DivisionCommand, DivisionProfil
 use domain::metadata::EventMetadata;
 use domain::priority::Priority;
 use domain::ticket::{Ticket, TicketAction, TicketCommand, TicketEvent, TicketStatus};
-use domain::PriorityKeywords;
+use domain::{DomainError, PriorityKeywords};
 use projections::agents::AgentsProjection;
 use projections::db::timestamp;
 use projections::divisions::DivisionsProjection;
@@ -353,7 +353,7 @@ impl Helpdesk {
     where
         A: Aggregate,
         A::Command: Clone,
-        A::Error: Into<ApiError>,
+        A: Aggregate<Error = DomainError>,
     {
         let started = Instant::now();
         let result = self
@@ -381,7 +381,7 @@ impl Helpdesk {
     where
         A: Aggregate,
         A::Command: Clone,
-        A::Error: Into<ApiError>,
+        A: Aggregate<Error = DomainError>,
     {
         let occurred_at = Utc::now();
         let metadata = EventMetadata {
@@ -411,7 +411,7 @@ impl Helpdesk {
                             .add(format!("aggregate=\"{}\"", A::TYPE), 1);
                         tokio::time::sleep(retry_delay(attempt)).await;
                     }
-                    Err(error) => return Err(from_aggregate(error)),
+                    Err(error) => return Err(from_aggregate(noun(A::TYPE), error)),
                 }
             }
         }
@@ -443,6 +443,15 @@ impl Helpdesk {
                 .add(format!("projection=\"{}\"", lagging.projection), 1);
         }
         Ok(())
+    }
+}
+
+/// How clients call an aggregate type in messages.
+fn noun(aggregate_type: &str) -> &'static str {
+    match aggregate_type {
+        "Division" => "division",
+        "AgentStatus" => "agent",
+        _ => "ticket",
     }
 }
 

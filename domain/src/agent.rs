@@ -5,7 +5,8 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::actor::{Actor, Role};
+use crate::actor::Role;
+use crate::command::{Command, DomainError};
 use crate::limits::{within, MAX_NAME_CHARS};
 
 /// Active tickets an agent may hold unless configured otherwise (seed: 5).
@@ -14,15 +15,7 @@ pub const DEFAULT_MAX_TICKETS: i64 = 5;
 pub const MAX_MAX_TICKETS: i64 = 100;
 
 /// A command for one agent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentCommand {
-    /// The caller's organization.
-    pub organization: String,
-    /// Who issues the command.
-    pub actor: Actor,
-    /// What to do.
-    pub action: AgentAction,
-}
+pub type AgentCommand = Command<AgentAction>;
 
 /// The things that can be done to an agent.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,18 +52,7 @@ impl DomainEvent for AgentEvent {
 }
 
 /// Why an agent command was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AgentError {
-    /// An agent with this id exists already.
-    #[error("agent already exists")]
-    AlreadyExists,
-    /// Malformed input.
-    #[error("{0}")]
-    InvalidInput(String),
-    /// The caller may not do this.
-    #[error("{0}")]
-    NotPermitted(String),
-}
+pub type AgentError = DomainError;
 
 /// An agent as its events leave it.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -146,6 +128,7 @@ impl Aggregate for AgentStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actor::Actor;
     use cqrs_es::test::TestFramework;
 
     fn register(role: Role, name: &str, max_tickets: i64) -> AgentCommand {

@@ -5,7 +5,8 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
-use crate::actor::{Actor, Role};
+use crate::actor::Role;
+use crate::command::{Command, DomainError};
 use crate::limits::{within, MAX_NAME_CHARS, MAX_TEXT_CHARS};
 
 /// Whether queued tickets are pushed to agents or pulled by them.
@@ -52,15 +53,7 @@ pub struct DivisionProfile {
 }
 
 /// A command for one division.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DivisionCommand {
-    /// The caller's organization.
-    pub organization: String,
-    /// Who issues the command.
-    pub actor: Actor,
-    /// What to do.
-    pub action: DivisionAction,
-}
+pub type DivisionCommand = Command<DivisionAction>;
 
 /// The things that can be done to a division.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,18 +84,7 @@ impl DomainEvent for DivisionEvent {
 }
 
 /// Why a division command was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DivisionError {
-    /// A division with this id exists already.
-    #[error("division already exists")]
-    AlreadyExists,
-    /// Malformed input.
-    #[error("{0}")]
-    InvalidInput(String),
-    /// The caller may not manage divisions.
-    #[error("{0}")]
-    NotPermitted(String),
-}
+pub type DivisionError = DomainError;
 
 /// A division as its events leave it.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +175,7 @@ fn validate(mut profile: DivisionProfile) -> Result<DivisionProfile, DivisionErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actor::Actor;
     use cqrs_es::test::TestFramework;
 
     fn profile(name: &str) -> DivisionProfile {

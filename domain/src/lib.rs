@@ -5,6 +5,8 @@
 //! - [`agent`]: the AgentStatus aggregate — an agent's registration (capacity, divisions).
 //! - [`division`]: the Division aggregate — the teams whose queues tickets wait in.
 //! - [`priority`]: ticket priorities, their queue order and keyword detection.
+//! - [`command`]: the shape of every command (organization, actor, action) and the one
+//!   error type of the layer, [`command::DomainError`].
 //! - [`actor`]: who issues a command (id and role), carried into every event's metadata.
 //! - [`metadata`]: the metadata stamped on every event (organization, actor, time,
 //!   request/correlation and causation ids).
@@ -15,6 +17,7 @@
 
 pub mod actor;
 pub mod agent;
+pub mod command;
 pub mod division;
 pub mod limits;
 pub mod metadata;
@@ -22,4 +25,5 @@ pub mod priority;
 pub mod ticket;
 
 pub use actor::{Actor, Role};
+pub use command::{Command, DomainError};
 pub use priority::{Priority, PriorityKeywords};

@@ -24,19 +24,11 @@ pub use state::{Ticket, TicketStatus};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::actor::Actor;
+use crate::command::{Command, DomainError};
 use crate::priority::{Priority, PrioritySource};
 
-/// A command for one ticket, issued by `actor` of `organization`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TicketCommand {
-    /// The caller's organization; a ticket of another organization is "not found".
-    pub organization: String,
-    /// Who issues the command.
-    pub actor: Actor,
-    /// What to do.
-    pub action: TicketAction,
-}
+/// A command for one ticket.
+pub type TicketCommand = Command<TicketAction>;
 
 /// The things that can be done to a ticket.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,22 +144,5 @@ impl DomainEvent for TicketEvent {
     }
 }
 
-/// Why a ticket command was refused. These are business facts, never technical failures.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TicketError {
-    /// No such ticket in the caller's organization.
-    #[error("ticket not found")]
-    NotFound,
-    /// A ticket with this id exists already.
-    #[error("ticket already exists")]
-    AlreadyExists,
-    /// The command's input is malformed (empty subject, rating out of range, ...).
-    #[error("{0}")]
-    InvalidInput(String),
-    /// The ticket's status does not allow the command.
-    #[error("{0}")]
-    InvalidTransition(String),
-    /// The caller may not do this to this ticket (e.g. not its assignee).
-    #[error("{0}")]
-    NotPermitted(String),
-}
+/// Why a ticket command was refused.
+pub type TicketError = DomainError;
