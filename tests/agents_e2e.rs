@@ -2,24 +2,15 @@
 
 mod common;
 
-use common::{error_code, Server, TestDb};
+use common::{admin, agent, error_code, Server, TestDb};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_registered_agent_claims_and_shows_as_assignee() {
     for db in TestDb::all().await {
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let division = server
-            .data(
-                &admin,
-                "mutation { createDivision(input: {name: \"Billing\"}) { id } }",
-                json!({}),
-            )
-            .await["createDivision"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let admin = admin();
+        let division = server.create_division(&admin, "Billing").await;
         let agent = server
             .data(
                 &admin,
@@ -62,7 +53,7 @@ async fn a_registered_agent_claims_and_shows_as_assignee() {
 async fn agent_registration_refuses_bad_input_and_non_admins() {
     for db in TestDb::all().await {
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         let register =
             "mutation($input: RegisterAgentInput!) { registerAgent(input: $input) { id } }";
         for (input, code) in [
@@ -87,7 +78,7 @@ async fn agent_registration_refuses_bad_input_and_non_admins() {
                 db.backend
             );
         }
-        let agent = Server::token("acme", "agent", "ann");
+        let agent = agent("ann");
         let response = server
             .graphql(Some(&agent), register, json!({"input": {"name": "Bob"}}))
             .await;

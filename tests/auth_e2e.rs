@@ -2,41 +2,14 @@
 
 mod common;
 
-use common::{error_code, Server, TestDb};
+use common::{admin, agent, error_code, has_no_data, Server, TestDb};
 use serde_json::{json, Value};
 
 const FIELDS: &str = "id number status priority assigneeId rating comments { id text }";
 
-async fn create_id(server: &Server, token: &str, subject: &str) -> String {
-    server
-        .data(
-            token,
-            "mutation($s: String!) { createTicket(input: {subject: $s}) { id } }",
-            json!({ "s": subject }),
-        )
-        .await["createTicket"]["id"]
-        .as_str()
-        .expect("ticket id")
-        .to_string()
-}
-
+/// The ticket `id` with this file's [`FIELDS`].
 async fn ticket(server: &Server, token: &str, id: &str) -> Value {
-    server
-        .data(
-            token,
-            &format!("query($id: ID!) {{ ticket(id: $id) {{ {FIELDS} }} }}"),
-            json!({ "id": id }),
-        )
-        .await["ticket"]
-        .clone()
-}
-
-async fn total(server: &Server, token: &str) -> i64 {
-    server
-        .data(token, "{ tickets { totalCount } }", json!({}))
-        .await["tickets"]["totalCount"]
-        .as_i64()
-        .expect("totalCount")
+    server.ticket(token, id, FIELDS).await
 }
 
 /// Runs `mutation` with `$id` bound (when it declares it).
@@ -108,8 +81,8 @@ async fn missing_or_invalid_tokens_are_unauthenticated() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let id = create_id(&server, &admin, "Existing").await;
+        let admin = admin();
+        let id = server.create_ticket_id(&admin, "Existing").await;
         let secret = common::SECRET.as_bytes();
         let claims =
             |exp: u64, role: &str| json!({"sub": "boss", "org": "acme", "role": role, "exp": exp});
@@ -170,10 +143,7 @@ async fn missing_or_invalid_tokens_are_unauthenticated() {
                 "{b:?}: no token, {operation}: {response}"
             );
             assert!(
-                response["data"].is_null()
-                    || response["data"]
-                        .as_object()
-                        .is_some_and(|d| d.values().all(Value::is_null)),
+                has_no_data(&response),
                 "{b:?}: no data without a token: {response}"
             );
             for (why, token) in &bad_tokens {
@@ -194,7 +164,7 @@ async fn missing_or_invalid_tokens_are_unauthenticated() {
             );
         }
         // A valid token still works, and nothing was written by the refused calls.
-        assert_eq!(total(&server, &admin).await, 1, "{b:?}");
+        assert_eq!(server.ticket_total(&admin).await, 1, "{b:?}");
         assert_eq!(
             ticket(&server, &admin, &id).await["status"],
             "QUEUED",
@@ -211,26 +181,14 @@ async fn roles_are_enforced() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
+        let admin = admin();
+        let ann = agent("ann");
         let analyst = Server::token("acme", "analyst", "ada");
         let service = Server::token("acme", "service", "whatsapp");
-        let queued = create_id(&server, &admin, "Queued").await;
-        let resolved = create_id(&server, &admin, "Resolved").await;
-        run(
-            &server,
-            &ann,
-            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-            &resolved,
-        )
-        .await;
-        run(
-            &server,
-            &ann,
-            "mutation($id: ID!) { resolveTicket(id: $id) { id } }",
-            &resolved,
-        )
-        .await;
+        let queued = server.create_ticket_id(&admin, "Queued").await;
+        let resolved = server.create_ticket_id(&admin, "Resolved").await;
+        server.claim_ticket(&ann, &resolved).await;
+        server.resolve_ticket(&ann, &resolved).await;
         let before_queued = ticket(&server, &admin, &queued).await;
         let before_resolved = ticket(&server, &admin, &resolved).await;
         assert_eq!(before_resolved["status"], "RESOLVED", "{b:?}");
@@ -280,13 +238,13 @@ async fn roles_are_enforced() {
             before_resolved,
             "{b:?}"
         );
-        assert_eq!(total(&server, &admin).await, 2, "{b:?}");
+        assert_eq!(server.ticket_total(&admin).await, 2, "{b:?}");
         let divisions = server.data(&admin, "{ divisions { id } }", json!({})).await;
         assert_eq!(divisions["divisions"], json!([]), "{b:?}");
 
         // Every role may read.
         for token in [&admin, &ann, &analyst, &service] {
-            assert_eq!(total(&server, token).await, 2, "{b:?}");
+            assert_eq!(server.ticket_total(token).await, 2, "{b:?}");
         }
         server.stop().await;
     }
@@ -297,17 +255,11 @@ async fn agents_only_work_their_own_tickets() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
-        let bob = Server::token("acme", "agent", "bob");
-        let id = create_id(&server, &admin, "Ann's").await;
-        run(
-            &server,
-            &ann,
-            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-            &id,
-        )
-        .await;
+        let admin = admin();
+        let ann = agent("ann");
+        let bob = agent("bob");
+        let id = server.create_ticket_id(&admin, "Ann's").await;
+        server.claim_ticket(&ann, &id).await;
         let assigned = ticket(&server, &admin, &id).await;
         assert_eq!(assigned["assigneeId"], "ann", "{b:?}");
 
@@ -396,8 +348,8 @@ async fn the_service_role_creates_comments_and_rates() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
+        let admin = admin();
+        let ann = agent("ann");
         let service = Server::token("acme", "service", "whatsapp-bot");
         let created = server
             .data(
@@ -422,20 +374,8 @@ async fn the_service_role_creates_comments_and_rates() {
             json!({"text": "customer: hello?", "authorId": "whatsapp-bot"}),
             "{b:?}"
         );
-        run(
-            &server,
-            &ann,
-            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-            &id,
-        )
-        .await;
-        run(
-            &server,
-            &ann,
-            "mutation($id: ID!) { resolveTicket(id: $id) { id } }",
-            &id,
-        )
-        .await;
+        server.claim_ticket(&ann, &id).await;
+        server.resolve_ticket(&ann, &id).await;
         let rated = run(
             &server,
             &service,
@@ -462,47 +402,20 @@ async fn organizations_never_see_or_touch_each_other() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let acme = Server::token("acme", "admin", "boss");
-        let acme_agent = Server::token("acme", "agent", "ann");
+        let acme = admin();
+        let acme_agent = agent("ann");
         let globex = Server::token("globex", "admin", "hank");
         let globex_agent = Server::token("globex", "agent", "gus");
         let globex_service = Server::token("globex", "service", "bot");
 
-        let acme_division = server
-            .data(
-                &acme,
-                "mutation { createDivision(input: {name: \"Acme billing\"}) { id } }",
-                json!({}),
-            )
-            .await["createDivision"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let queued = create_id(&server, &acme, "Acme queued").await;
-        let resolved = create_id(&server, &acme, "Acme resolved").await;
-        run(
-            &server,
-            &acme_agent,
-            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-            &resolved,
-        )
-        .await;
-        run(
-            &server,
-            &acme_agent,
-            "mutation($id: ID!) { resolveTicket(id: $id) { id } }",
-            &resolved,
-        )
-        .await;
-        let assigned = create_id(&server, &acme, "Acme assigned").await;
-        run(
-            &server,
-            &acme_agent,
-            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-            &assigned,
-        )
-        .await;
-        create_id(&server, &globex, "Globex own").await;
+        let acme_division = server.create_division(&acme, "Acme billing").await;
+        let queued = server.create_ticket_id(&acme, "Acme queued").await;
+        let resolved = server.create_ticket_id(&acme, "Acme resolved").await;
+        server.claim_ticket(&acme_agent, &resolved).await;
+        server.resolve_ticket(&acme_agent, &resolved).await;
+        let assigned = server.create_ticket_id(&acme, "Acme assigned").await;
+        server.claim_ticket(&acme_agent, &assigned).await;
+        server.create_ticket_id(&globex, "Globex own").await;
         let before: Vec<Value> = futures::future::join_all(
             [&queued, &resolved, &assigned].map(|id| ticket(&server, &acme, id)),
         )
@@ -677,7 +590,7 @@ async fn organizations_never_see_or_touch_each_other() {
             Some("BAD_USER_INPUT"),
             "{b:?}: {response}"
         );
-        assert_eq!(total(&server, &globex).await, 1, "{b:?}");
+        assert_eq!(server.ticket_total(&globex).await, 1, "{b:?}");
         server.stop().await;
     }
 }

@@ -2,22 +2,9 @@
 
 mod common;
 
-use common::{error_code, Server, TestDb};
+use common::{admin, agent, error_code, Server, TestDb};
 use futures::future::join_all;
 use serde_json::{json, Value};
-
-async fn create_id(server: &Server, token: &str, subject: &str) -> String {
-    server
-        .data(
-            token,
-            "mutation($s: String!) { createTicket(input: {subject: $s}) { id } }",
-            json!({ "s": subject }),
-        )
-        .await["createTicket"]["id"]
-        .as_str()
-        .expect("ticket id")
-        .to_string()
-}
 
 /// How many events of `event_type` the log holds for ticket `id`.
 async fn ticket_events(database: &projections::Database, id: &str, event_type: &str) -> i64 {
@@ -45,14 +32,13 @@ async fn simultaneous_claims_have_exactly_one_winner() {
         let b = db.backend;
         let server = Server::start(&db).await;
         let database = db.connect().await;
-        let admin = Server::token("acme", "admin", "boss");
-        let agents = [
-            ("ann", Server::token("acme", "agent", "ann")),
-            ("bob", Server::token("acme", "agent", "bob")),
-        ];
+        let admin = admin();
+        let agents = [("ann", agent("ann")), ("bob", agent("bob"))];
         let mut wins = [0, 0];
         for round in 0..20 {
-            let id = create_id(&server, &admin, &format!("Race {round}")).await;
+            let id = server
+                .create_ticket_id(&admin, &format!("Race {round}"))
+                .await;
             let (first, second) = tokio::join!(
                 server.graphql(Some(&agents[0].1), CLAIM, json!({ "id": id })),
                 server.graphql(Some(&agents[1].1), CLAIM, json!({ "id": id })),
@@ -111,7 +97,7 @@ async fn concurrent_creations_get_distinct_consecutive_numbers() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         let service = Server::token("acme", "service", "bot");
         let responses: Vec<Value> = join_all((0..8).map(|i| {
             let token = if i % 2 == 0 { &admin } else { &service };
@@ -182,13 +168,15 @@ async fn concurrent_comments_all_land_exactly_once() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
+        let admin = admin();
+        let ann = agent("ann");
         let service = Server::token("acme", "service", "bot");
         let database = db.connect().await;
         for burst in 0..BURSTS {
-            let id = create_id(&server, &admin, &format!("Busy ticket {burst}")).await;
-            server.data(&ann, CLAIM, json!({ "id": id })).await;
+            let id = server
+                .create_ticket_id(&admin, &format!("Busy ticket {burst}"))
+                .await;
+            server.claim_ticket(&ann, &id).await;
             let writers = [&admin, &ann, &service];
             let responses: Vec<Value> = join_all((0..COMMENTS).map(|i| {
                 server.graphql(

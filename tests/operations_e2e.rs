@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Backend, Server, TestDb};
+use common::{admin, agent, Backend, Server, TestDb};
 use serde_json::json;
 use std::process::Stdio;
 use std::time::Duration;
@@ -33,25 +33,10 @@ async fn health_readiness_and_metrics() {
             );
         }
 
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
-        let id = server
-            .data(
-                &admin,
-                "mutation { createTicket(input: {subject: \"Measured\"}) { id } }",
-                json!({}),
-            )
-            .await["createTicket"]["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        server
-            .data(
-                &ann,
-                "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-                json!({ "id": id }),
-            )
-            .await;
+        let admin = admin();
+        let ann = agent("ann");
+        let id = server.create_ticket_id(&admin, "Measured").await;
+        server.claim_ticket(&ann, &id).await;
         // A refused command is measured under its code.
         let refused = server
             .graphql(
@@ -130,22 +115,13 @@ async fn graphiql_is_served_and_sigterm_stops_cleanly() {
             lower.contains("<html") && lower.contains("graphiql"),
             "{b:?}: GET /graphql serves GraphiQL: {body}"
         );
-        let admin = Server::token("acme", "admin", "boss");
-        server
-            .data(
-                &admin,
-                "mutation { createTicket(input: {subject: \"Before the stop\"}) { id } }",
-                json!({}),
-            )
-            .await;
+        let admin = admin();
+        server.create_ticket_id(&admin, "Before the stop").await;
         // SIGTERM: Server::stop asserts exit status 0 within 30 s.
         server.stop().await;
 
         let server = Server::start(&db).await;
-        let data = server
-            .data(&admin, "{ tickets { totalCount } }", json!({}))
-            .await;
-        assert_eq!(data["tickets"]["totalCount"], 1, "{b:?}");
+        assert_eq!(server.ticket_total(&admin).await, 1, "{b:?}");
         server.stop().await;
     }
 }
@@ -232,17 +208,10 @@ async fn sqlite_without_a_jwt_secret_creates_one_that_the_token_command_uses() {
             String::from_utf8(output.stdout).unwrap().trim().to_string()
         };
         let token = issue().await;
-        let data = server
-            .data(&token, "{ tickets { totalCount } }", json!({}))
-            .await;
-        assert_eq!(data["tickets"]["totalCount"], 0, "{b:?}");
+        assert_eq!(server.ticket_total(&token).await, 0, "{b:?}");
         // The test secret is not the generated one.
         let response = server
-            .graphql(
-                Some(&Server::token("acme", "admin", "boss")),
-                "{ tickets { totalCount } }",
-                json!({}),
-            )
+            .graphql(Some(&admin()), "{ tickets { totalCount } }", json!({}))
             .await;
         assert_eq!(
             common::error_code(&response),
@@ -258,9 +227,7 @@ async fn sqlite_without_a_jwt_secret_creates_one_that_the_token_command_uses() {
             secret,
             "{b:?}"
         );
-        server
-            .data(&token, "{ tickets { totalCount } }", json!({}))
-            .await;
+        server.ticket_total(&token).await;
         server.stop().await;
     }
 }
@@ -280,7 +247,7 @@ async fn readiness_fails_while_a_projection_is_behind() {
         .await;
         let (status, body) = server.get("/readyz").await;
         assert_eq!(status, 200, "{b:?}: nothing to apply yet: {body}");
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         // The event commits; its projection is held before commit.
         let _ = server
             .graphql(
@@ -331,10 +298,7 @@ async fn readiness_fails_while_a_projection_is_behind() {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let data = server
-            .data(&admin, "{ tickets { totalCount } }", json!({}))
-            .await;
-        assert_eq!(data["tickets"]["totalCount"], 1, "{b:?}");
+        assert_eq!(server.ticket_total(&admin).await, 1, "{b:?}");
         let (status, body) = server.get("/readyz").await;
         assert_eq!(status, 200, "{b:?}: {body}");
         server.stop().await;
@@ -349,7 +313,7 @@ async fn a_transaction_in_another_database_does_not_stall_mutations() {
         }
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         let create = "mutation($s: String!) { createTicket(input: {subject: $s}) { number } }";
         server.data(&admin, create, json!({ "s": "warm-up" })).await;
 

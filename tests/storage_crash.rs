@@ -7,10 +7,10 @@
 
 mod common;
 
-use common::{Server, TestDb};
+use common::{admin, count, Server, TestDb};
 use projections::event_log::{self, Checkpoint};
 use projections::runner::load_checkpoint;
-use projections::{on_backend, Database};
+use projections::Database;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -22,10 +22,6 @@ const CREATE: &str =
     "mutation($s: String!) { createTicket(input: {subject: $s}) { id number status } }";
 const COMMENT: &str =
     "mutation($t: ID!, $x: String!) { addComment(ticketId: $t, text: $x) { id text } }";
-
-fn admin() -> String {
-    Server::token("acme", "admin", "boss")
-}
 
 /// Starts a server on a fresh database, creates two tickets and stops it; returns their ids.
 async fn two_tickets(db: &TestDb) -> Vec<String> {
@@ -69,13 +65,6 @@ async fn crash_during(db: &TestDb, query: &'static str, variables: Value) {
         .await;
     server.kill().await;
     let _ = tokio::time::timeout(Duration::from_secs(10), request).await;
-}
-
-async fn count(db: &Database, sql: &str) -> i64 {
-    on_backend!(db, |pool| sqlx::query_scalar::<_, i64>(sql)
-        .fetch_one(pool)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}")))
 }
 
 /// The place in the log of the newest event of a ticket.

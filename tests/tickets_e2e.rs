@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{error_code, Server, TestDb};
+use common::{admin, agent, error_code, Server, TestDb};
 use projections::db::Backend as DbBackend;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -11,24 +11,9 @@ const TICKET_FIELDS: &str = "id number subject description status priority divis
     createdAt updatedAt assignedAt resolvedAt closedAt resolution rating feedback createdBy
     queuePosition";
 
-/// Creates a ticket from a `CreateTicketInput` and returns it.
+/// Creates a ticket from a `CreateTicketInput` and returns it with [`TICKET_FIELDS`].
 async fn create(server: &Server, token: &str, input: Value) -> Value {
-    let query = format!(
-        "mutation($input: CreateTicketInput!) {{ createTicket(input: $input) {{ {TICKET_FIELDS} }} }}"
-    );
-    server.data(token, &query, json!({ "input": input })).await["createTicket"].clone()
-}
-
-/// Creates a ticket with only a subject (and an optional priority); returns its id.
-async fn create_id(server: &Server, token: &str, subject: &str, priority: Option<&str>) -> String {
-    let mut input = json!({ "subject": subject });
-    if let Some(priority) = priority {
-        input["priority"] = json!(priority);
-    }
-    create(server, token, input).await["id"]
-        .as_str()
-        .expect("ticket id")
-        .to_string()
+    server.create_ticket(token, input, TICKET_FIELDS).await
 }
 
 /// Runs a mutation `name(id: $id ...)` returning a ticket; panics on errors.
@@ -42,11 +27,10 @@ async fn act(server: &Server, token: &str, mutation: &str, id: &str) -> Value {
     server.data(token, &query, json!({ "id": id })).await[name.as_str()].clone()
 }
 
+/// The ticket `id` with [`TICKET_FIELDS`] and its comments.
 async fn ticket(server: &Server, token: &str, id: &str) -> Value {
-    let query = format!(
-        "query($id: ID!) {{ ticket(id: $id) {{ {TICKET_FIELDS} comments {{ id text authorId createdAt }} }} }}"
-    );
-    server.data(token, &query, json!({ "id": id })).await["ticket"].clone()
+    let fields = format!("{TICKET_FIELDS} comments {{ id text authorId createdAt }}");
+    server.ticket(token, id, &fields).await
 }
 
 /// `(position, number)` of every entry of a queue, read in one page.
@@ -101,25 +85,12 @@ async fn numbers(server: &Server, token: &str, filter: Value) -> Vec<i64> {
     numbers
 }
 
-async fn create_division(server: &Server, admin: &str, name: &str) -> String {
-    server
-        .data(
-            admin,
-            "mutation($n: String!) { createDivision(input: {name: $n}) { id name } }",
-            json!({ "n": name }),
-        )
-        .await["createDivision"]["id"]
-        .as_str()
-        .expect("division id")
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn create_queue_claim_resolve_rate_and_restart() {
     for db in TestDb::all().await {
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let agent = Server::token("acme", "agent", "ann");
+        let admin = admin();
+        let agent = agent("ann");
         let created = server
             .data(
                 &admin,
@@ -131,20 +102,8 @@ async fn create_queue_claim_resolve_rate_and_restart() {
         assert_eq!(ticket["status"], "QUEUED", "{:?}", db.backend);
         assert_eq!(ticket["queuePosition"], 1);
         let id = ticket["id"].as_str().unwrap().to_string();
-        server
-            .data(
-                &agent,
-                "mutation($id: ID!) { claimTicket(id: $id) { status } }",
-                json!({"id": id}),
-            )
-            .await;
-        server
-            .data(
-                &agent,
-                "mutation($id: ID!) { resolveTicket(id: $id) { status } }",
-                json!({"id": id}),
-            )
-            .await;
+        server.claim_ticket(&agent, &id).await;
+        server.resolve_ticket(&agent, &id).await;
         let rated = server
             .data(
                 &admin,
@@ -179,8 +138,8 @@ async fn full_lifecycle_with_comments_close_and_reopen() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
+        let admin = admin();
+        let ann = agent("ann");
 
         let created = create(
             &server,
@@ -267,7 +226,7 @@ async fn full_lifecycle_with_comments_close_and_reopen() {
         assert_eq!(full["comments"][0]["id"], first["id"], "{b:?}");
 
         // Another ticket waits meanwhile: the reopened one queues behind it.
-        let waiting = create_id(&server, &admin, "Mouse broken", None).await;
+        let waiting = server.create_ticket_id(&admin, "Mouse broken").await;
         let reopened = server
             .data(
                 &admin,
@@ -305,7 +264,7 @@ async fn full_lifecycle_with_comments_close_and_reopen() {
         );
 
         // Claimed again by someone else, worked and resolved.
-        let bob = Server::token("acme", "agent", "bob");
+        let bob = agent("bob");
         let again = act(&server, &bob, "claimTicket(id: $id)", &id).await;
         assert_eq!(again["assigneeId"], "bob", "{b:?}");
         assert_eq!(again["status"], "ASSIGNED", "{b:?}");
@@ -319,12 +278,19 @@ async fn queue_orders_by_priority_then_age_and_follows_priority_changes() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let agent = Server::token("acme", "agent", "ann");
+        let admin = admin();
+        let agent = agent("ann");
         let priorities = ["LOW", "MEDIUM", "URGENT", "HIGH", "MEDIUM", "URGENT", "LOW"];
         let mut ids = Vec::new();
         for (i, p) in priorities.iter().enumerate() {
-            ids.push(create_id(&server, &admin, &format!("ticket {}", i + 1), Some(p)).await);
+            ids.push(
+                server
+                    .create_ticket_id_with(
+                        &admin,
+                        json!({"subject": format!("ticket {}", i + 1), "priority": p}),
+                    )
+                    .await,
+            );
         }
         let expected = [3, 6, 4, 2, 5, 1, 7];
         let check = |order: &[i64]| {
@@ -415,9 +381,9 @@ async fn division_queues_are_separate() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let billing = create_division(&server, &admin, "Billing").await;
-        let tech = create_division(&server, &admin, "Tech").await;
+        let admin = admin();
+        let billing = server.create_division(&admin, "Billing").await;
+        let tech = server.create_division(&admin, "Tech").await;
         let divisions = server
             .data(&admin, "{ divisions { id name } }", json!({}))
             .await;
@@ -430,7 +396,7 @@ async fn division_queues_are_separate() {
         names.sort();
         assert_eq!(names, vec!["Billing", "Tech"], "{b:?}");
 
-        let plain = create_id(&server, &admin, "No division", None).await;
+        let plain = server.create_ticket_id(&admin, "No division").await;
         let invoice = create(
             &server,
             &admin,
@@ -521,7 +487,7 @@ async fn ticket_numbers_increase_per_organization() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let acme = Server::token("acme", "admin", "boss");
+        let acme = admin();
         let globex = Server::token("globex", "admin", "hank");
         let mut seen = Vec::new();
         for (token, org) in [
@@ -601,9 +567,11 @@ async fn tickets_and_queue_paginate_relay_style() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         for p in ["LOW", "HIGH", "MEDIUM", "URGENT", "HIGH"] {
-            create_id(&server, &admin, "Paged", Some(p)).await;
+            server
+                .create_ticket_id_with(&admin, json!({"subject": "Paged", "priority": p}))
+                .await;
         }
         let pages = walk(
             &server,
@@ -697,50 +665,46 @@ async fn every_ticket_filter_field_narrows_the_list() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
-        let bob = Server::token("acme", "agent", "bob");
-        let billing = create_division(&server, &admin, "Billing").await;
+        let admin = admin();
+        let ann = agent("ann");
+        let bob = agent("bob");
+        let billing = server.create_division(&admin, "Billing").await;
 
         // #1 printer, URGENT, queued
-        create_id(&server, &admin, "Printer on fire", Some("URGENT")).await;
+        server
+            .create_ticket_id_with(
+                &admin,
+                json!({"subject": "Printer on fire", "priority": "URGENT"}),
+            )
+            .await;
         // #2 HIGH, ann, assigned; "printer" only in the description
-        let t2 = create(
-            &server,
-            &admin,
-            json!({"subject": "Paper", "description": "the PRINTER needs paper", "priority": "HIGH"}),
-        )
-        .await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let t2 = server
+            .create_ticket_id_with(
+                &admin,
+                json!({"subject": "Paper", "description": "the PRINTER needs paper", "priority": "HIGH"}),
+            )
+            .await;
         act(&server, &ann, "claimTicket(id: $id)", &t2).await;
         // #3 billing, LOW, bob, in progress
-        let t3 = create(
-            &server,
-            &admin,
-            json!({"subject": "Invoice 100% wrong", "divisionId": billing, "priority": "LOW"}),
-        )
-        .await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let t3 = server
+            .create_ticket_id_with(
+                &admin,
+                json!({"subject": "Invoice 100% wrong", "divisionId": billing, "priority": "LOW"}),
+            )
+            .await;
         act(&server, &bob, "claimTicket(id: $id)", &t3).await;
         act(&server, &bob, "startTicket(id: $id)", &t3).await;
         // #4 billing, MEDIUM, ann, resolved
-        let t4 = create(
-            &server,
-            &admin,
-            json!({"subject": "Refund_request", "divisionId": billing}),
-        )
-        .await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let t4 = server
+            .create_ticket_id_with(
+                &admin,
+                json!({"subject": "Refund_request", "divisionId": billing}),
+            )
+            .await;
         act(&server, &ann, "claimTicket(id: $id)", &t4).await;
         act(&server, &ann, "resolveTicket(id: $id)", &t4).await;
         // #5 MEDIUM, closed by an admin while queued
-        let t5 = create_id(&server, &admin, "Duplicate of #1", None).await;
+        let t5 = server.create_ticket_id(&admin, "Duplicate of #1").await;
         act(&server, &admin, "closeTicket(id: $id)", &t5).await;
 
         let cases = [
@@ -796,12 +760,14 @@ async fn bulk_operations_report_per_item_and_keep_successes() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
-        let t1 = create_id(&server, &admin, "one", None).await;
-        let t2 = create_id(&server, &admin, "two", None).await;
-        let t3 = create_id(&server, &admin, "three", Some("LOW")).await;
-        let done = create_id(&server, &admin, "done", None).await;
+        let admin = admin();
+        let ann = agent("ann");
+        let t1 = server.create_ticket_id(&admin, "one").await;
+        let t2 = server.create_ticket_id(&admin, "two").await;
+        let t3 = server
+            .create_ticket_id_with(&admin, json!({"subject": "three", "priority": "LOW"}))
+            .await;
+        let done = server.create_ticket_id(&admin, "done").await;
         act(&server, &ann, "claimTicket(id: $id)", &done).await;
         act(&server, &ann, "resolveTicket(id: $id)", &done).await;
         let unknown = uuid::Uuid::new_v4().to_string();
@@ -931,13 +897,13 @@ async fn bulk_operations_report_per_item_and_keep_successes() {
 /// A varied workload over two organizations: divisions, every transition, comments,
 /// priority changes, ratings, a reopen.
 async fn workload(server: &Server) {
-    let admin = Server::token("acme", "admin", "boss");
-    let ann = Server::token("acme", "agent", "ann");
-    let bob = Server::token("acme", "agent", "bob");
+    let admin = admin();
+    let ann = agent("ann");
+    let bob = agent("bob");
     let service = Server::token("acme", "service", "whatsapp");
     let other = Server::token("globex", "admin", "hank");
-    let billing = create_division(server, &admin, "Billing").await;
-    create_division(server, &other, "Globex support").await;
+    let billing = server.create_division(&admin, "Billing").await;
+    server.create_division(&other, "Globex support").await;
     for (token, name) in [(&admin, "Ann"), (&other, "Gus")] {
         server
             .data(
@@ -957,12 +923,7 @@ async fn workload(server: &Server) {
             input["subject"] = json!(format!("gawat {i}"));
         }
         let token = if i % 2 == 0 { &admin } else { &service };
-        ids.push(
-            create(server, token, input).await["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        ids.push(server.create_ticket_id_with(token, input).await);
     }
     for i in 0..3 {
         create(server, &other, json!({ "subject": format!("Globex {i}") })).await;
@@ -1172,7 +1133,7 @@ async fn restart_keeps_all_data() {
             "{b:?}: the restarted server answers differently"
         );
         // Numbering continues where it stopped.
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         let created = create(&server, &admin, json!({"subject": "after restart"})).await;
         assert_eq!(created["number"], 13, "{b:?}");
         server.stop().await;
@@ -1220,7 +1181,7 @@ async fn projections_rebuilt_from_the_start_equal_the_live_ones() {
 
         // The server serves the rebuilt tables as before.
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         assert_eq!(
             numbers(&server, &admin, json!(null)).await.len(),
             12,
@@ -1303,9 +1264,9 @@ async fn refusals_on_the_lifecycle_leave_the_ticket_alone() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
-        let id = create_id(&server, &admin, "Closed soon", None).await;
+        let admin = admin();
+        let ann = agent("ann");
+        let id = server.create_ticket_id(&admin, "Closed soon").await;
         act(&server, &admin, "closeTicket(id: $id)", &id).await;
         let before = ticket(&server, &admin, &id).await;
         let response = server
@@ -1330,10 +1291,10 @@ async fn search_ignores_case_beyond_ascii() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        create_id(&server, &admin, "Écran cassé", None).await;
-        create_id(&server, &admin, "ÜBER wichtig", None).await;
-        create_id(&server, &admin, "plain ascii", None).await;
+        let admin = admin();
+        server.create_ticket_id(&admin, "Écran cassé").await;
+        server.create_ticket_id(&admin, "ÜBER wichtig").await;
+        server.create_ticket_id(&admin, "plain ascii").await;
         let cases = [
             ("cassé", vec![1]),
             ("CASSÉ", vec![1]),
@@ -1364,10 +1325,10 @@ async fn reopening_clears_the_rating_and_allows_a_new_one() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
+        let admin = admin();
+        let ann = agent("ann");
         let service = Server::token("acme", "service", "bot");
-        let id = create_id(&server, &admin, "Twice", None).await;
+        let id = server.create_ticket_id(&admin, "Twice").await;
         act(&server, &ann, "claimTicket(id: $id)", &id).await;
         act(&server, &ann, "resolveTicket(id: $id)", &id).await;
         let rated = server
@@ -1436,10 +1397,10 @@ async fn timestamps_are_rfc3339_utc_and_in_order() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
+        let admin = admin();
+        let ann = agent("ann");
         let started = chrono::Utc::now() - chrono::Duration::seconds(5);
-        let id = create_id(&server, &admin, "Timed", None).await;
+        let id = server.create_ticket_id(&admin, "Timed").await;
         let waiting = server
             .data(
                 &admin,
@@ -1492,9 +1453,11 @@ async fn queue_entries_carry_the_contract_fields() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         for i in 0..3 {
-            create_id(&server, &admin, &format!("waiting {i}"), None).await;
+            server
+                .create_ticket_id(&admin, &format!("waiting {i}"))
+                .await;
         }
         // CONTRACT.md: QueueEntry { position: Int! ticket: Ticket! waitingSince: DateTime!
         // estimatedWaitSeconds: Int }

@@ -3,61 +3,22 @@
 
 mod common;
 
-use common::{error_code, Server, TestDb};
+use common::{admin, agent, count, error_code, has_no_data, Server, TestDb};
 use serde_json::{json, Value};
 
 const FIELDS: &str = "id number subject description status priority divisionId assigneeId
     updatedAt assignedAt resolvedAt closedAt resolution rating feedback queuePosition
     comments { id text }";
 
-async fn create(server: &Server, token: &str, input: Value) -> Value {
-    server
-        .data(
-            token,
-            &format!(
-                "mutation($i: CreateTicketInput!) {{ createTicket(input: $i) {{ {FIELDS} }} }}"
-            ),
-            json!({ "i": input }),
-        )
-        .await["createTicket"]
-        .clone()
-}
-
-async fn create_id(server: &Server, token: &str, subject: &str) -> String {
-    create(server, token, json!({ "subject": subject })).await["id"]
-        .as_str()
-        .expect("id")
-        .to_string()
-}
-
+/// The ticket `id` with this file's [`FIELDS`].
 async fn ticket(server: &Server, token: &str, id: &str) -> Value {
-    server
-        .data(
-            token,
-            &format!("query($id: ID!) {{ ticket(id: $id) {{ {FIELDS} }} }}"),
-            json!({ "id": id }),
-        )
-        .await["ticket"]
-        .clone()
-}
-
-async fn total(server: &Server, token: &str) -> i64 {
-    server
-        .data(token, "{ tickets { totalCount } }", json!({}))
-        .await["tickets"]["totalCount"]
-        .as_i64()
-        .expect("totalCount")
+    server.ticket(token, id, FIELDS).await
 }
 
 /// How many events the log holds.
 async fn event_count(db: &TestDb) -> i64 {
     let database = db.connect().await;
-    let count: i64 = projections::on_backend!(&database, |pool| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM events"
-    )
-    .fetch_one(pool)
-    .await
-    .expect("count events"));
+    let count = count(&database, "SELECT COUNT(*) FROM events").await;
     database.close().await;
     count
 }
@@ -76,11 +37,10 @@ fn assert_refused(response: &Value, code: &str, context: &str) {
             .is_some_and(|m| !m.trim().is_empty()),
         "{context}: an error message: {response}"
     );
-    let no_data = response["data"].is_null()
-        || response["data"]
-            .as_object()
-            .is_some_and(|d| d.values().all(Value::is_null));
-    assert!(no_data, "{context}: no data on a refusal: {response}");
+    assert!(
+        has_no_data(response),
+        "{context}: no data on a refusal: {response}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -88,7 +48,7 @@ async fn create_ticket_refuses_bad_input_and_writes_nothing() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         let unknown_division = uuid::Uuid::new_v4().to_string();
         let cases: Vec<(&str, Value)> = vec![
             ("empty subject", json!({"subject": ""})),
@@ -152,7 +112,7 @@ async fn create_ticket_refuses_bad_input_and_writes_nothing() {
             let response = server.graphql(Some(&admin), mutation, json!({})).await;
             assert_refused(&response, "BAD_USER_INPUT", &format!("{b:?}: {why}"));
         }
-        assert_eq!(total(&server, &admin).await, 0, "{b:?}");
+        assert_eq!(server.ticket_total(&admin).await, 0, "{b:?}");
         assert_eq!(
             event_count(&db).await,
             0,
@@ -160,12 +120,13 @@ async fn create_ticket_refuses_bad_input_and_writes_nothing() {
         );
 
         // The limits themselves are accepted, and no ticket number was spent on refusals.
-        let created = create(
-            &server,
-            &admin,
-            json!({"subject": "é".repeat(250), "description": "d".repeat(20_000)}),
-        )
-        .await;
+        let created = server
+            .create_ticket(
+                &admin,
+                json!({"subject": "é".repeat(250), "description": "d".repeat(20_000)}),
+                FIELDS,
+            )
+            .await;
         assert_eq!(created["number"], 1, "{b:?}: refusals spent ticket numbers");
         assert_eq!(
             created["subject"].as_str().map(|s| s.chars().count()),
@@ -187,32 +148,14 @@ async fn ticket_changes_refuse_bad_input_and_change_nothing() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
-        let queued = create_id(&server, &admin, "Queued").await;
-        let assigned = create_id(&server, &admin, "Assigned").await;
-        ok(
-            &server,
-            &ann,
-            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-            &assigned,
-        )
-        .await;
-        let resolved = create_id(&server, &admin, "Resolved").await;
-        ok(
-            &server,
-            &ann,
-            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-            &resolved,
-        )
-        .await;
-        ok(
-            &server,
-            &ann,
-            "mutation($id: ID!) { resolveTicket(id: $id) { id } }",
-            &resolved,
-        )
-        .await;
+        let admin = admin();
+        let ann = agent("ann");
+        let queued = server.create_ticket_id(&admin, "Queued").await;
+        let assigned = server.create_ticket_id(&admin, "Assigned").await;
+        server.claim_ticket(&ann, &assigned).await;
+        let resolved = server.create_ticket_id(&admin, "Resolved").await;
+        server.claim_ticket(&ann, &resolved).await;
+        server.resolve_ticket(&ann, &resolved).await;
         let ids = [&queued, &assigned, &resolved];
         let mut before = Vec::new();
         for id in ids {
@@ -363,9 +306,9 @@ async fn list_arguments_are_checked() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         for i in 0..3 {
-            create_id(&server, &admin, &format!("t{i}")).await;
+            server.create_ticket_id(&admin, &format!("t{i}")).await;
         }
         let unknown_division = uuid::Uuid::new_v4().to_string();
         let ticket_cursor = server
@@ -512,7 +455,7 @@ async fn queries_deeper_than_the_limit_are_refused() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
+        let admin = admin();
         let nest = |levels: usize| {
             let mut query = "name".to_string();
             for _ in 0..levels {
@@ -555,8 +498,8 @@ async fn queries_costlier_than_the_limit_are_refused() {
     for db in TestDb::all().await {
         let b = db.backend;
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        create_id(&server, &admin, "one").await;
+        let admin = admin();
+        server.create_ticket_id(&admin, "one").await;
         let page = "tickets(first: 100) { edges { cursor node { id number subject status
             priority queuePosition comments { id text authorId createdAt } } } }";
         let one = server
@@ -586,7 +529,7 @@ async fn queries_costlier_than_the_limit_are_refused() {
 /// Runs a refused mutation and checks the code, that the message names the ticket and
 /// contains `why`, and that nothing changed.
 async fn refused(server: &Server, db: &TestDb, token: &str, mutation: &str, id: &str, why: &str) {
-    let admin = Server::token("acme", "admin", "boss");
+    let admin = admin();
     let before = ticket(server, &admin, id).await;
     let events = event_count(db).await;
     let response = server
@@ -625,33 +568,15 @@ async fn refused(server: &Server, db: &TestDb, token: &str, mutation: &str, id: 
 async fn refused_transitions_say_why() {
     for db in TestDb::all().await {
         let server = Server::start(&db).await;
-        let admin = Server::token("acme", "admin", "boss");
-        let ann = Server::token("acme", "agent", "ann");
-        let bob = Server::token("acme", "agent", "bob");
-        let queued = create_id(&server, &admin, "Queued").await;
-        let assigned = create_id(&server, &admin, "Assigned").await;
-        ok(
-            &server,
-            &ann,
-            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-            &assigned,
-        )
-        .await;
-        let resolved = create_id(&server, &admin, "Resolved").await;
-        ok(
-            &server,
-            &ann,
-            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
-            &resolved,
-        )
-        .await;
-        ok(
-            &server,
-            &ann,
-            "mutation($id: ID!) { resolveTicket(id: $id) { id } }",
-            &resolved,
-        )
-        .await;
+        let admin = admin();
+        let ann = agent("ann");
+        let bob = agent("bob");
+        let queued = server.create_ticket_id(&admin, "Queued").await;
+        let assigned = server.create_ticket_id(&admin, "Assigned").await;
+        server.claim_ticket(&ann, &assigned).await;
+        let resolved = server.create_ticket_id(&admin, "Resolved").await;
+        server.claim_ticket(&ann, &resolved).await;
+        server.resolve_ticket(&ann, &resolved).await;
         ok(
             &server,
             &admin,
@@ -659,7 +584,7 @@ async fn refused_transitions_say_why() {
             &resolved,
         )
         .await;
-        let closed = create_id(&server, &admin, "Closed").await;
+        let closed = server.create_ticket_id(&admin, "Closed").await;
         ok(
             &server,
             &admin,

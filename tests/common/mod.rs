@@ -248,6 +248,77 @@ impl Server {
         response["data"].clone()
     }
 
+    /// Creates a ticket from a `CreateTicketInput`, selects `fields` of it and returns them;
+    /// panics on errors.
+    pub async fn create_ticket(&self, token: &str, input: Value, fields: &str) -> Value {
+        let query = format!(
+            "mutation($input: CreateTicketInput!) {{ createTicket(input: $input) {{ {fields} }} }}"
+        );
+        self.data(token, &query, json!({ "input": input })).await["createTicket"].clone()
+    }
+
+    /// Creates a ticket from a `CreateTicketInput` and returns its id; panics on errors.
+    pub async fn create_ticket_id_with(&self, token: &str, input: Value) -> String {
+        self.create_ticket(token, input, "id").await["id"]
+            .as_str()
+            .expect("ticket id")
+            .to_string()
+    }
+
+    /// Creates a ticket with only a subject and returns its id; panics on errors.
+    pub async fn create_ticket_id(&self, token: &str, subject: &str) -> String {
+        self.create_ticket_id_with(token, json!({ "subject": subject }))
+            .await
+    }
+
+    /// The ticket `id` with the selection `fields` (`null` when the token cannot see it);
+    /// panics on errors.
+    pub async fn ticket(&self, token: &str, id: &str, fields: &str) -> Value {
+        let query = format!("query($id: ID!) {{ ticket(id: $id) {{ {fields} }} }}");
+        self.data(token, &query, json!({ "id": id })).await["ticket"].clone()
+    }
+
+    /// `tickets.totalCount`: how many tickets the token's organization has.
+    pub async fn ticket_total(&self, token: &str) -> i64 {
+        self.data(token, "{ tickets { totalCount } }", json!({}))
+            .await["tickets"]["totalCount"]
+            .as_i64()
+            .expect("totalCount")
+    }
+
+    /// Claims ticket `id` for the token's agent; panics on errors.
+    pub async fn claim_ticket(&self, token: &str, id: &str) {
+        self.data(
+            token,
+            "mutation($id: ID!) { claimTicket(id: $id) { id } }",
+            json!({ "id": id }),
+        )
+        .await;
+    }
+
+    /// Resolves ticket `id` (no resolution text); panics on errors.
+    pub async fn resolve_ticket(&self, token: &str, id: &str) {
+        self.data(
+            token,
+            "mutation($id: ID!) { resolveTicket(id: $id) { id } }",
+            json!({ "id": id }),
+        )
+        .await;
+    }
+
+    /// Creates a division named `name` and returns its id; panics on errors.
+    pub async fn create_division(&self, token: &str, name: &str) -> String {
+        self.data(
+            token,
+            "mutation($n: String!) { createDivision(input: {name: $n}) { id name } }",
+            json!({ "n": name }),
+        )
+        .await["createDivision"]["id"]
+            .as_str()
+            .expect("division id")
+            .to_string()
+    }
+
     /// A plain GET, returning status and body.
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = self
@@ -284,4 +355,30 @@ impl Server {
 /// The `extensions.code` of the first error of a response.
 pub fn error_code(response: &Value) -> Option<&str> {
     response["errors"][0]["extensions"]["code"].as_str()
+}
+
+/// Whether a response carries no data: `data` is null or all its fields are.
+pub fn has_no_data(response: &Value) -> bool {
+    response["data"].is_null()
+        || response["data"]
+            .as_object()
+            .is_some_and(|d| d.values().all(Value::is_null))
+}
+
+/// A token for the admin `boss` of organization `acme`, the usual test actor.
+pub fn admin() -> String {
+    Server::token("acme", "admin", "boss")
+}
+
+/// A token for the agent `name` of organization `acme`.
+pub fn agent(name: &str) -> String {
+    Server::token("acme", "agent", name)
+}
+
+/// The single `BIGINT` a query such as `SELECT COUNT(*) ...` returns; panics on errors.
+pub async fn count(db: &projections::Database, sql: &str) -> i64 {
+    projections::on_backend!(db, |pool| sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}")))
 }
