@@ -50,6 +50,10 @@ impl Projection for SeenProjection {
         "seen"
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Ticket"]
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["seen_events"]
     }
@@ -328,7 +332,7 @@ async fn concurrent_appends_are_applied_once_in_commit_order(db: Database) {
 
     let head = event_log::log_head(&db).await.unwrap();
     progress
-        .wait_for(head, Duration::from_secs(15))
+        .wait_for("Ticket", head, Duration::from_secs(15))
         .await
         .unwrap_or_else(|e| panic!("{backend}: {e} (head {head:?})"));
     shutdown.cancel();

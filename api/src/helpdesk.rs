@@ -431,7 +431,11 @@ impl Helpdesk {
         else {
             return Ok(());
         };
-        if let Err(lagging) = self.progress.wait_for(head, self.consistency_timeout).await {
+        if let Err(lagging) = self
+            .progress
+            .wait_for(aggregate_type, head, self.consistency_timeout)
+            .await
+        {
             tracing::warn!(
                 projection = lagging.projection,
                 aggregate_type,

@@ -21,6 +21,9 @@ use crate::graphql::{build_schema, HelpdeskSchema, RequestContext};
 use crate::helpdesk::Helpdesk;
 use projections::event_log;
 
+/// How long the server waits at start for its projections to catch up with the log.
+const STARTUP_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What every handler needs.
 #[derive(Clone)]
 pub struct AppState {
@@ -37,6 +40,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let keys = TokenKeys::from_config(&config)?;
     let runners_stop = CancellationToken::new();
     let (helpdesk, tasks) = Helpdesk::start(&config, runners_stop.clone()).await?;
+    // Serve only once the read models show everything committed before the start, so a
+    // restart never answers from a stale view (bounded: a long backlog is served while it
+    // drains, and /readyz tells).
+    let head = projections::event_log::log_head(&helpdesk.db).await?;
+    if let Err(lagging) = helpdesk.progress.wait_for_all(head, STARTUP_CATCH_UP).await {
+        tracing::warn!(
+            projection = lagging.projection,
+            "still catching up; serving anyway"
+        );
+    }
     let listener = TcpListener::bind(config.addr).await?;
     let addr: SocketAddr = listener.local_addr()?;
     let state = AppState {

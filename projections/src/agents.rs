@@ -19,6 +19,10 @@ impl Projection for AgentsProjection {
         "agents"
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["AgentStatus"]
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["agents"]
     }

@@ -19,6 +19,10 @@ impl Projection for DivisionsProjection {
         "divisions"
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Division"]
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["divisions"]
     }

@@ -104,7 +104,7 @@ fence AS (
 SELECT position, tx_id::text::bigint AS tx, aggregate_type, aggregate_id, sequence, event_type,
        event_version, payload::text AS payload, metadata::text AS metadata
   FROM events, fence
- WHERE (tx_id > $1::text::xid8 OR (tx_id = $1::text::xid8 AND position > $2))
+ WHERE (tx_id, position) > ($1::text::xid8, $2)
    AND tx_id < fence.tx
  ORDER BY tx_id, position
  LIMIT $3";
@@ -245,7 +245,7 @@ pub async fn count_after(db: &Database, after: Checkpoint, cap: i64) -> Result<i
         Backend::Postgres(pool) => {
             sqlx::query_scalar(
                 "SELECT COUNT(*) FROM (SELECT 1 FROM events
-                  WHERE tx_id > $1::text::xid8 OR (tx_id = $1::text::xid8 AND position > $2)
+                  WHERE (tx_id, position) > ($1::text::xid8, $2)
                   LIMIT $3) AS behind",
             )
             .bind(after.tx_id.to_string())

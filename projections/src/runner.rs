@@ -7,6 +7,10 @@
 //! point leaves rows and checkpoint in step. Two runners of one projection (two replicas)
 //! cannot both apply a batch: the second one's guarded update matches no row and it rolls
 //! back. A rebuild is the same code from [`Checkpoint::START`].
+//!
+//! Events of aggregate types a projection does not consume are passed over without a
+//! transaction: the runner remembers how far it has *seen* and stores that only after many
+//! such events (or at shutdown); after a crash it simply passes over them again.
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -26,6 +30,9 @@ use crate::telemetry::{label, CounterFamily, HistogramFamily};
 pub trait Projection: Send + Sync + 'static {
     /// Its name in `projection_checkpoints` and on the command line.
     fn name(&self) -> &'static str;
+    /// The aggregate types whose events it applies. Other events only move its checkpoint
+    /// (in memory, stored lazily), and commands on other aggregates never wait for it.
+    fn aggregate_types(&self) -> &'static [&'static str];
     /// The tables it owns; a rebuild empties them.
     fn tables(&self) -> &'static [&'static str];
     /// Applies one event inside the runner's transaction. Must be deterministic: time comes
@@ -117,7 +124,7 @@ pub struct ProjectionTelemetry {
 /// Where every projection of this process stands; commands wait on it for read-your-writes.
 #[derive(Debug, Clone, Default)]
 pub struct ProjectionProgress {
-    receivers: BTreeMap<&'static str, watch::Receiver<Checkpoint>>,
+    receivers: BTreeMap<&'static str, (&'static [&'static str], watch::Receiver<Checkpoint>)>,
 }
 
 /// A projection did not reach the wanted place in time.
@@ -133,14 +140,38 @@ impl ProjectionProgress {
     pub fn checkpoints(&self) -> BTreeMap<&'static str, Checkpoint> {
         self.receivers
             .iter()
-            .map(|(name, rx)| (*name, *rx.borrow()))
+            .map(|(name, (_, rx))| (*name, *rx.borrow()))
             .collect()
     }
 
     /// Waits until every projection has passed `target`, at most `timeout`.
-    pub async fn wait_for(&self, target: Checkpoint, timeout: Duration) -> Result<(), Lagging> {
+    pub async fn wait_for_all(&self, target: Checkpoint, timeout: Duration) -> Result<(), Lagging> {
+        self.wait_until(target, timeout, |_| true).await
+    }
+
+    /// Waits until every projection that consumes `aggregate_type` has passed `target`, at
+    /// most `timeout`.
+    pub async fn wait_for(
+        &self,
+        aggregate_type: &str,
+        target: Checkpoint,
+        timeout: Duration,
+    ) -> Result<(), Lagging> {
+        self.wait_until(target, timeout, |types| types.contains(&aggregate_type))
+            .await
+    }
+
+    async fn wait_until(
+        &self,
+        target: Checkpoint,
+        timeout: Duration,
+        concerned: impl Fn(&[&str]) -> bool,
+    ) -> Result<(), Lagging> {
         let deadline = tokio::time::Instant::now() + timeout;
-        for (name, receiver) in &self.receivers {
+        for (name, (types, receiver)) in &self.receivers {
+            if !concerned(types) {
+                continue;
+            }
             let mut receiver = receiver.clone();
             let reached = tokio::time::timeout_at(deadline, async {
                 receiver.wait_for(|cp| *cp >= target).await.is_ok()
@@ -201,7 +232,9 @@ impl ProjectionRunners {
         for projection in self.projections {
             let start = load_checkpoint(&self.db, projection.name()).await?;
             let (sender, receiver) = watch::channel(start);
-            progress.receivers.insert(projection.name(), receiver);
+            progress
+                .receivers
+                .insert(projection.name(), (projection.aggregate_types(), receiver));
             let runner = Runner {
                 db: self.db.clone(),
                 projection,
@@ -234,32 +267,34 @@ const FENCE_PATIENCE: Duration = Duration::from_millis(500);
 impl Runner {
     async fn run(self, mut wake: watch::Receiver<u64>, shutdown: CancellationToken) {
         let name = self.projection.name();
+        let mut cursor = Cursor::at(*self.progress.borrow());
         let mut failures = 0u32;
         // After a ring the new events may stay hidden behind the PostgreSQL fence for a few
         // milliseconds (an older transaction still running): keep looking, backing off,
-        // until this deadline.
+        // until this deadline — and at once on the next ring.
         let mut look_again_until: Option<tokio::time::Instant> = None;
         let mut fence_retries = 0u32;
         loop {
-            let checkpoint = *self.progress.borrow();
             let step = batch(
                 &self.db,
                 self.projection.as_ref(),
-                checkpoint,
+                cursor,
                 Some(&self.telemetry),
                 self.options.pause_before_commit.as_deref() == Some(name),
             )
             .await;
             let pause = match step {
-                Ok(Step::Advanced { to, .. }) => {
+                Ok(Step::Advanced { cursor: to, .. }) => {
                     failures = 0;
                     fence_retries = 0;
-                    self.progress.send_replace(to);
+                    cursor = to;
+                    self.progress.send_replace(cursor.seen);
                     continue;
                 }
                 Ok(Step::Overtaken) => match load_checkpoint(&self.db, name).await {
-                    Ok(to) => {
-                        self.progress.send_replace(to);
+                    Ok(stored) => {
+                        cursor = Cursor::at(stored);
+                        self.progress.send_replace(stored);
                         continue;
                     }
                     Err(error) => {
@@ -270,21 +305,23 @@ impl Runner {
                 Ok(Step::Idle) => {
                     failures = 0;
                     let now = tokio::time::Instant::now();
-                    if look_again_until.is_some_and(|deadline| now < deadline) {
-                        fence_retries = (fence_retries + 1).min(6);
+                    let patience = if look_again_until.is_some_and(|deadline| now < deadline) {
+                        fence_retries = (fence_retries + 1).min(5);
                         Duration::from_millis(1 << fence_retries)
                     } else {
                         look_again_until = None;
                         fence_retries = 0;
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = wake.changed() => {
-                                look_again_until = Some(tokio::time::Instant::now() + FENCE_PATIENCE);
-                                continue;
-                            }
-                            _ = tokio::time::sleep(IDLE_POLL) => continue,
+                        IDLE_POLL
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = wake.changed() => {
+                            look_again_until = Some(tokio::time::Instant::now() + FENCE_PATIENCE);
+                            fence_retries = 0;
                         }
+                        _ = tokio::time::sleep(patience) => {}
                     }
+                    continue;
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);
@@ -296,59 +333,100 @@ impl Runner {
                 }
             };
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(pause) => {}
             }
+        }
+        // Store how far the runner has seen, so a restart does not pass over those events
+        // again (harmless either way).
+        if let Err(error) = flush(&self.db, self.projection.as_ref(), cursor).await {
+            tracing::warn!(projection = name, %error, "cannot store the checkpoint at shutdown");
         }
     }
 }
 
+/// How far a runner has seen the log, and how far that is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// The stored checkpoint (what the guarded update compares against).
+    pub stored: Checkpoint,
+    /// Everything up to here is reflected (the rest since `stored` was not for this
+    /// projection).
+    pub seen: Checkpoint,
+    passed_over: usize,
+}
+
+impl Cursor {
+    /// A cursor at a stored checkpoint.
+    pub fn at(stored: Checkpoint) -> Self {
+        Self {
+            stored,
+            seen: stored,
+            passed_over: 0,
+        }
+    }
+}
+
+/// How many passed-over events a runner may keep unstored.
+const STORE_AFTER_PASSED_OVER: usize = 5_000;
+
 /// What one batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Applied `applied` events; the checkpoint is now at `to`.
-    Advanced { to: Checkpoint, applied: usize },
-    /// Nothing new to apply.
+    /// Applied `applied` events (possibly none: only passed over others).
+    Advanced { cursor: Cursor, applied: usize },
+    /// Nothing new in the log.
     Idle,
-    /// Someone else (another replica, a rebuild) moved the checkpoint first.
+    /// Someone else (another replica, a rebuild) moved the stored checkpoint first.
     Overtaken,
 }
 
-/// Applies the next batch after `checkpoint` in one transaction with the checkpoint move.
+/// Takes the next batch after `cursor.seen`: applies the events this projection consumes,
+/// in one transaction with the guarded checkpoint move.
 pub async fn batch(
     db: &Database,
     projection: &dyn Projection,
-    checkpoint: Checkpoint,
+    cursor: Cursor,
     telemetry: Option<&ProjectionTelemetry>,
     pause_before_commit: bool,
 ) -> Result<Step, DbError> {
-    let events = event_log::read_after(db, checkpoint, BATCH_SIZE).await?;
+    let events = event_log::read_after(db, cursor.seen, BATCH_SIZE).await?;
     let Some(last) = events.last() else {
         return Ok(Step::Idle);
     };
     let to = last.checkpoint;
+    let consumed = projection.aggregate_types();
+    let relevant: Vec<&StoredEvent> = events
+        .iter()
+        .filter(|e| consumed.contains(&e.aggregate_type.as_str()))
+        .collect();
+    let passed_over = cursor.passed_over + events.len() - relevant.len();
+    if relevant.is_empty() && passed_over < STORE_AFTER_PASSED_OVER {
+        return Ok(Step::Advanced {
+            cursor: Cursor {
+                stored: cursor.stored,
+                seen: to,
+                passed_over,
+            },
+            applied: 0,
+        });
+    }
     let mut tx = db.begin().await?;
-    // The guarded move comes first: on SQLite it takes the write lock before any read.
-    let moved = on_backend!(&mut tx, |t| sqlx::query(
-        "UPDATE projection_checkpoints SET tx_id = $1, position = $2, updated_at = $3
-          WHERE name = $4 AND tx_id = $5 AND position = $6"
+    if !store_checkpoint(
+        &mut tx,
+        projection.name(),
+        cursor.stored,
+        to,
+        &last.metadata.occurred_at,
     )
-    .bind(to.tx_id)
-    .bind(to.position)
-    .bind(last.metadata.occurred_at.to_rfc3339())
-    .bind(projection.name())
-    .bind(checkpoint.tx_id)
-    .bind(checkpoint.position)
-    .execute(&mut **t)
     .await?
-    .rows_affected());
-    if moved != 1 {
+    {
         return Ok(Step::Overtaken);
     }
-    for event in &events {
+    for event in &relevant {
         projection.apply(&mut tx, event).await?;
     }
-    if pause_before_commit {
+    if pause_before_commit && !relevant.is_empty() {
         println!("FAILPOINT projection-before-commit:{}", projection.name());
         let _ = std::io::stdout().flush();
         std::future::pending::<()>().await;
@@ -357,16 +435,65 @@ pub async fn batch(
     if let Some(telemetry) = telemetry {
         let labels = format!("projection=\"{}\"", label(projection.name()));
         let now = chrono::Utc::now();
-        for event in &events {
+        for event in &relevant {
             let lag = (now - event.occurred_at()).num_microseconds().unwrap_or(0) as f64 / 1e6;
             telemetry.lag.observe(labels.clone(), lag);
         }
-        telemetry.applied.add(labels, events.len() as u64);
+        telemetry.applied.add(labels, relevant.len() as u64);
     }
     Ok(Step::Advanced {
-        to,
-        applied: events.len(),
+        cursor: Cursor::at(to),
+        applied: relevant.len(),
     })
+}
+
+/// The guarded checkpoint move, first in a projection transaction (on SQLite it takes the
+/// write lock before any read). On PostgreSQL the transaction need not wait for its WAL
+/// flush: rows and checkpoint commit together, so a commit lost in a crash is applied again.
+/// `false` when the stored checkpoint is no longer `from`.
+async fn store_checkpoint(
+    tx: &mut Tx,
+    name: &str,
+    from: Checkpoint,
+    to: Checkpoint,
+    occurred_at: &chrono::DateTime<chrono::Utc>,
+) -> Result<bool, DbError> {
+    if let Backend::Postgres(t) = tx {
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut **t)
+            .await?;
+    }
+    let moved = on_backend!(tx, |t| sqlx::query(
+        "UPDATE projection_checkpoints SET tx_id = $1, position = $2, updated_at = $3
+          WHERE name = $4 AND tx_id = $5 AND position = $6"
+    )
+    .bind(to.tx_id)
+    .bind(to.position)
+    .bind(occurred_at.to_rfc3339())
+    .bind(name)
+    .bind(from.tx_id)
+    .bind(from.position)
+    .execute(&mut **t)
+    .await?
+    .rows_affected());
+    Ok(moved == 1)
+}
+
+/// Stores `cursor.seen` when it is ahead of what is stored.
+pub async fn flush(
+    db: &Database,
+    projection: &dyn Projection,
+    cursor: Cursor,
+) -> Result<(), DbError> {
+    if cursor.seen == cursor.stored {
+        return Ok(());
+    }
+    let mut tx = db.begin().await?;
+    let now = chrono::Utc::now();
+    if store_checkpoint(&mut tx, projection.name(), cursor.stored, cursor.seen, &now).await? {
+        tx.commit().await?;
+    }
+    Ok(())
 }
 
 /// Reads (creating if needed) the checkpoint of `name`.
@@ -409,25 +536,29 @@ pub async fn reset(db: &Database, projection: &dyn Projection) -> Result<(), DbE
 }
 
 /// Applies batches until the projection has passed everything committed when it started,
-/// calling `on_batch` with the number of events each batch applied. Used by
-/// `helpdesk replay` and tests.
+/// calling `on_batch` with the number of events each batch applied, and stores the final
+/// checkpoint. Used by `helpdesk replay` and tests.
 pub async fn catch_up(
     db: &Database,
     projection: &dyn Projection,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Checkpoint, DbError> {
     let target = event_log::log_head(db).await?;
-    let mut checkpoint = load_checkpoint(db, projection.name()).await?;
-    while checkpoint < target {
-        match batch(db, projection, checkpoint, None, false).await? {
-            Step::Advanced { to, applied } => {
-                checkpoint = to;
+    let mut cursor = Cursor::at(load_checkpoint(db, projection.name()).await?);
+    while cursor.seen < target {
+        match batch(db, projection, cursor, None, false).await? {
+            Step::Advanced {
+                cursor: to,
+                applied,
+            } => {
+                cursor = to;
                 on_batch(applied);
             }
-            Step::Overtaken => checkpoint = load_checkpoint(db, projection.name()).await?,
+            Step::Overtaken => cursor = Cursor::at(load_checkpoint(db, projection.name()).await?),
             // The fence may hide the head for a moment on PostgreSQL.
             Step::Idle => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
-    Ok(checkpoint)
+    flush(db, projection, cursor).await?;
+    Ok(cursor.seen)
 }

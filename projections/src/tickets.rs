@@ -28,6 +28,10 @@ impl Projection for TicketsProjection {
         TICKETS
     }
 
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Ticket"]
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["tickets", "ticket_comments", "queue_entries"]
     }
