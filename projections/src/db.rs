@@ -148,18 +148,36 @@ impl Database {
     }
 
     /// Allocates the next ticket number of `organization`: unique and increasing, never
-    /// reused (a failed creation leaves a gap rather than a duplicate).
+    /// given to two tickets (a failed creation leaves a gap rather than a duplicate).
+    ///
+    /// On PostgreSQL the allocation does not wait for its WAL flush: the `TicketCreated`
+    /// commit that records the number flushes the log up to and past it, and if that event
+    /// never commits, losing the allocation in a crash harms nothing.
     pub async fn allocate_ticket_number(&self, organization: &str) -> Result<i64, DbError> {
         let sql = "INSERT INTO ticket_number_counters (organization_id, last_number) VALUES ($1, 1)
                    ON CONFLICT (organization_id)
                    DO UPDATE SET last_number = ticket_number_counters.last_number + 1
                    RETURNING last_number";
-        let number: i64 = on_backend!(self, |pool| {
-            sqlx::query_scalar(sql)
-                .bind(organization)
-                .fetch_one(pool)
-                .await?
-        });
+        let number: i64 = match self {
+            Backend::Sqlite(pool) => {
+                sqlx::query_scalar(sql)
+                    .bind(organization)
+                    .fetch_one(pool)
+                    .await?
+            }
+            Backend::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+                let number = sqlx::query_scalar(sql)
+                    .bind(organization)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                number
+            }
+        };
         Ok(number)
     }
 
