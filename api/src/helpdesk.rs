@@ -203,13 +203,13 @@ impl Helpdesk {
                 division_id: input.division_id,
             },
         };
-        // Refuse bad input before a ticket number is spent on it.
-        Ticket::default().preview(&command)?;
-        let number = self.db.allocate_ticket_number(&caller.organization).await?;
-        if let TicketAction::Create { number: n, .. } = &mut command.action {
-            *n = number;
-        }
+        // Refuse bad input before a ticket number is spent on it; the decided event is also
+        // the answer if the read model lags (see below).
         let created = Ticket::default().preview(&command)?;
+        let allocated = self.db.allocate_ticket_number(&caller.organization).await?;
+        if let TicketAction::Create { number, .. } = &mut command.action {
+            *number = allocated;
+        }
         let id = uuid::Uuid::new_v4().to_string();
         let at = self
             .execute(
@@ -224,7 +224,6 @@ impl Helpdesk {
         match created.into_iter().next() {
             Some(TicketEvent::TicketCreated {
                 organization,
-                number,
                 subject,
                 description,
                 priority,
@@ -233,7 +232,7 @@ impl Helpdesk {
             }) => Ok(TicketRecord {
                 id,
                 organization_id: organization,
-                number,
+                number: allocated,
                 subject,
                 description,
                 status: TicketStatus::Queued.as_str().into(),

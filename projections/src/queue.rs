@@ -55,38 +55,27 @@ pub struct QueuePage {
     pub total_count: i64,
 }
 
-const AHEAD: &str = "(priority_rank, waiting_since, number) < ($3, $4, $5)";
+/// The queue order, as a row value: compared with `<` it says "served before".
+const ORDER: &str = "(priority_rank, waiting_since, number)";
 
-/// The 1-based place of a ticket in its queue, `None` when it is not queued.
+/// The 1-based place of a ticket in its queue, `None` when it is not queued (one round trip:
+/// this is asked for every `Ticket.queuePosition`).
 pub async fn position(
     db: &Database,
     organization: &str,
     ticket_id: &str,
 ) -> Result<Option<i64>, DbError> {
-    let sql = "SELECT COUNT(*) + 1 FROM queue_entries q
-                 JOIN queue_entries me ON me.ticket_id = $1 AND me.organization_id = $2
-                WHERE q.organization_id = me.organization_id
-                  AND q.division_key = me.division_key
-                  AND (q.priority_rank, q.waiting_since, q.number)
-                    < (me.priority_rank, me.waiting_since, me.number)";
-    let queued: bool = on_backend!(db, |pool| sqlx::query_scalar::<_, i64>(
-        "SELECT COUNT(*) FROM queue_entries WHERE ticket_id = $1 AND organization_id = $2"
-    )
-    .bind(ticket_id)
-    .bind(organization)
-    .fetch_one(pool)
-    .await?)
-        > 0;
-    if !queued {
-        return Ok(None);
-    }
-    Ok(Some(on_backend!(db, |pool| sqlx::query_scalar::<_, i64>(
-        sql
-    )
-    .bind(ticket_id)
-    .bind(organization)
-    .fetch_one(pool)
-    .await?)))
+    let sql = "SELECT (SELECT COUNT(*) FROM queue_entries q
+                  WHERE q.organization_id = me.organization_id
+                    AND q.division_key = me.division_key
+                    AND (q.priority_rank, q.waiting_since, q.number)
+                      < (me.priority_rank, me.waiting_since, me.number)) + 1
+           FROM queue_entries me WHERE me.ticket_id = $1 AND me.organization_id = $2";
+    Ok(on_backend!(db, |pool| sqlx::query_scalar::<_, i64>(sql)
+        .bind(ticket_id)
+        .bind(organization)
+        .fetch_optional(pool)
+        .await?))
 }
 
 /// `first` entries of the queue of `division_key` (`""`: tickets without a division) after
@@ -110,11 +99,12 @@ pub async fn page(
         // Before every real entry: ranks are >= 0, numbers >= 1.
         None => (-1, String::new(), 0),
     };
-    let sql = "SELECT ticket_id, priority_rank, waiting_since, number FROM queue_entries
-                WHERE organization_id = $1 AND division_key = $2
-                  AND (priority_rank, waiting_since, number) > ($3, $4, $5)
-                ORDER BY priority_rank, waiting_since, number LIMIT $6";
-    let mut entries: Vec<QueueRecord> = on_backend!(db, |pool| sqlx::query_as(sql)
+    let sql = format!(
+        "SELECT ticket_id, priority_rank, waiting_since, number FROM queue_entries
+          WHERE organization_id = $1 AND division_key = $2 AND {ORDER} > ($3, $4, $5)
+          ORDER BY priority_rank, waiting_since, number LIMIT $6"
+    );
+    let mut entries: Vec<QueueRecord> = on_backend!(db, |pool| sqlx::query_as(&sql)
         .bind(organization)
         .bind(division_key)
         .bind(rank)
@@ -129,7 +119,7 @@ pub async fn page(
         Some(head) => {
             let sql = format!(
                 "SELECT COUNT(*) + 1 FROM queue_entries
-                  WHERE organization_id = $1 AND division_key = $2 AND {AHEAD}"
+                  WHERE organization_id = $1 AND division_key = $2 AND {ORDER} < ($3, $4, $5)"
             );
             on_backend!(db, |pool| sqlx::query_scalar::<_, i64>(&sql)
                 .bind(organization)

@@ -140,19 +140,33 @@ impl Projection for TicketsProjection {
                     &at,
                 )
                 .await?;
-                // Back in the queue, behind those already waiting.
+                // Back in the queue, behind those already waiting, at its current priority.
+                let (organization, division_id, priority, number): (
+                    String,
+                    Option<String>,
+                    String,
+                    i64,
+                ) = on_backend!(tx, |t| {
+                    sqlx::query_as(
+                    "SELECT organization_id, division_id, priority, number FROM tickets WHERE id = $1"
+                )
+                .bind(id)
+                .fetch_one(&mut **t)
+                .await?
+                });
+                let priority: Priority = priority.parse().map_err(DbError::Corrupt)?;
                 on_backend!(tx, |t| {
                     sqlx::query(
                         "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
-                        priority_rank, waiting_since, number)
-                     SELECT id, organization_id, COALESCE(division_id, ''),
-                        CASE priority WHEN 'URGENT' THEN 0 WHEN 'HIGH' THEN 1
-                                      WHEN 'MEDIUM' THEN 2 ELSE 3 END,
-                        $2, number
-                       FROM tickets WHERE id = $1",
+                            priority_rank, waiting_since, number)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
                     )
                     .bind(id)
+                    .bind(&organization)
+                    .bind(division_id.as_deref().unwrap_or(NO_DIVISION))
+                    .bind(priority.queue_rank())
                     .bind(&at)
+                    .bind(number)
                     .execute(&mut **t)
                     .await?;
                 });
