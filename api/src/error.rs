@@ -99,6 +99,8 @@ impl ApiError {
             DomainError::InvalidInput(why) => ApiError::BadUserInput(why),
             DomainError::InvalidTransition(why) => ApiError::InvalidTransition(why),
             DomainError::NotPermitted(why) => ApiError::Forbidden(why),
+            DomainError::CapacityReached(why) => ApiError::CapacityReached(why),
+            DomainError::Stale(why) => ApiError::Conflict(why),
         }
     }
 }

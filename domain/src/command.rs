@@ -32,4 +32,11 @@ pub enum DomainError {
     /// The caller may not do this (wrong role, not the ticket's assignee, ...).
     #[error("{0}")]
     NotPermitted(String),
+    /// The agent has no free slot for another active ticket.
+    #[error("{0}")]
+    CapacityReached(String),
+    /// The aggregate changed since the caller looked (a reservation made for an older
+    /// version of a ticket); looking again and retrying may succeed.
+    #[error("{0}")]
+    Stale(String),
 }

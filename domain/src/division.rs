@@ -55,11 +55,32 @@ pub struct DivisionProfile {
 /// A command for one division.
 pub type DivisionCommand = Command<DivisionAction>;
 
+/// Changes to a division's settings; `None` keeps a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DivisionChanges {
+    /// New menu name.
+    pub name: Option<String>,
+    /// New description (`Some(None)` clears it).
+    pub description: Option<Option<String>>,
+    /// New routing keywords.
+    pub keywords: Option<Vec<String>>,
+    /// New menu place (`Some(None)` puts it last).
+    pub position: Option<Option<i64>>,
+    /// Push or pull.
+    pub assignment_mode: Option<AssignmentMode>,
+    /// Agent choice in AUTO mode.
+    pub algorithm: Option<AssignmentAlgorithm>,
+    /// Typical handling time.
+    pub avg_handling_minutes: Option<i64>,
+}
+
 /// The things that can be done to a division.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DivisionAction {
     /// Creates the division.
     Create(DivisionProfile),
+    /// Changes some of its settings.
+    Update(DivisionChanges),
 }
 
 /// What happened to a division.
@@ -70,12 +91,15 @@ pub enum DivisionEvent {
         organization: String,
         profile: DivisionProfile,
     },
+    /// The division's settings changed; `profile` is the whole new profile.
+    DivisionUpdated { profile: DivisionProfile },
 }
 
 impl DomainEvent for DivisionEvent {
     fn event_type(&self) -> String {
         match self {
             DivisionEvent::DivisionCreated { .. } => "DivisionCreated".into(),
+            DivisionEvent::DivisionUpdated { .. } => "DivisionUpdated".into(),
         }
     }
     fn event_version(&self) -> String {
@@ -90,6 +114,14 @@ pub type DivisionError = DomainError;
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Division {
     organization: Option<String>,
+    profile: Option<DivisionProfile>,
+}
+
+impl Division {
+    /// The division's current settings (`None` before it is created).
+    pub fn profile(&self) -> Option<&DivisionProfile> {
+        self.profile.as_ref()
+    }
 }
 
 impl Aggregate for Division {
@@ -125,15 +157,53 @@ impl Aggregate for Division {
                 )
                 .await;
             }
+            DivisionAction::Update(changes) => {
+                let current = match (&self.organization, &self.profile) {
+                    (Some(owner), Some(profile)) if *owner == command.organization => profile,
+                    _ => return Err(DivisionError::NotFound),
+                };
+                let mut profile = current.clone();
+                if let Some(name) = changes.name {
+                    profile.name = name;
+                }
+                if let Some(description) = changes.description {
+                    profile.description = description;
+                }
+                if let Some(keywords) = changes.keywords {
+                    profile.keywords = keywords;
+                }
+                if let Some(position) = changes.position {
+                    profile.position = position;
+                }
+                if let Some(mode) = changes.assignment_mode {
+                    profile.assignment_mode = mode;
+                }
+                if let Some(algorithm) = changes.algorithm {
+                    profile.algorithm = algorithm;
+                }
+                if let Some(minutes) = changes.avg_handling_minutes {
+                    profile.avg_handling_minutes = minutes;
+                }
+                let profile = validate(profile)?;
+                if profile != *current {
+                    sink.write(DivisionEvent::DivisionUpdated { profile }, self)
+                        .await;
+                }
+            }
         }
         Ok(())
     }
 
     fn apply(&mut self, event: DivisionEvent) {
         match event {
-            DivisionEvent::DivisionCreated { organization, .. } => {
-                self.organization = Some(organization)
+            DivisionEvent::DivisionCreated {
+                organization,
+                profile,
+            } => {
+                self.organization = Some(organization);
+                self.profile = Some(profile);
             }
+            DivisionEvent::DivisionUpdated { profile } => self.profile = Some(profile),
         }
     }
 }
@@ -241,7 +311,9 @@ mod tests {
                 "division name must not be empty".into(),
             ));
         let mut command = create("Billing", Role::Admin);
-        let DivisionAction::Create(p) = &mut command.action;
+        let DivisionAction::Create(p) = &mut command.action else {
+            unreachable!()
+        };
         p.avg_handling_minutes = 0;
         TestFramework::<Division>::with(())
             .given_no_previous_events()
@@ -249,5 +321,69 @@ mod tests {
             .then_expect_error(DivisionError::InvalidInput(
                 "avgHandlingMinutes must be between 1 and 1440".into(),
             ));
+    }
+
+    fn existing() -> Vec<DivisionEvent> {
+        vec![DivisionEvent::DivisionCreated {
+            organization: "acme".into(),
+            profile: validate(profile("Billing")).unwrap(),
+        }]
+    }
+
+    fn update(changes: DivisionChanges) -> DivisionCommand {
+        DivisionCommand {
+            organization: "acme".into(),
+            actor: Actor::new("boss", Role::Admin),
+            action: DivisionAction::Update(changes),
+        }
+    }
+
+    #[test]
+    fn admins_switch_a_division_to_claim_mode_and_least_loaded() {
+        let mut expected = validate(profile("Billing")).unwrap();
+        expected.assignment_mode = AssignmentMode::Claim;
+        expected.algorithm = AssignmentAlgorithm::LeastLoaded;
+        TestFramework::<Division>::with(())
+            .given(existing())
+            .when(update(DivisionChanges {
+                assignment_mode: Some(AssignmentMode::Claim),
+                algorithm: Some(AssignmentAlgorithm::LeastLoaded),
+                ..Default::default()
+            }))
+            .then_expect_events(vec![DivisionEvent::DivisionUpdated { profile: expected }]);
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_writes_nothing() {
+        TestFramework::<Division>::with(())
+            .given(existing())
+            .when(update(DivisionChanges {
+                name: Some(" Billing ".into()),
+                ..Default::default()
+            }))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn updates_are_validated_and_need_an_existing_division_of_the_organization() {
+        TestFramework::<Division>::with(())
+            .given(existing())
+            .when(update(DivisionChanges {
+                avg_handling_minutes: Some(0),
+                ..Default::default()
+            }))
+            .then_expect_error(DivisionError::InvalidInput(
+                "avgHandlingMinutes must be between 1 and 1440".into(),
+            ));
+        TestFramework::<Division>::with(())
+            .given_no_previous_events()
+            .when(update(DivisionChanges::default()))
+            .then_expect_error(DivisionError::NotFound);
+        let mut foreign = update(DivisionChanges::default());
+        foreign.organization = "globex".into();
+        TestFramework::<Division>::with(())
+            .given(existing())
+            .when(foreign)
+            .then_expect_error(DivisionError::NotFound);
     }
 }

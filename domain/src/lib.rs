@@ -2,8 +2,15 @@
 //!
 //! - [`ticket`]: the Ticket aggregate — its commands, events and lifecycle
 //!   (queued → assigned → in progress → resolved → closed, reopen, rating, comments).
-//! - [`agent`]: the AgentStatus aggregate — an agent's registration (capacity, divisions).
-//! - [`division`]: the Division aggregate — the teams whose queues tickets wait in.
+//! - [`agent`]: the AgentStatus aggregate — registration, presence, capacity, divisions and
+//!   the slot ledger that enforces capacity (reserve, then assign; release when the ticket
+//!   leaves the agent).
+//! - [`division`]: the Division aggregate — the teams whose queues tickets wait in, with
+//!   their assignment mode and algorithm.
+//! - [`queue_settings`]: the per-organization queue texts, offline policy and escalation
+//!   delay.
+//! - [`assignment`]: the policy choosing an agent (round robin, least loaded, random with a
+//!   recorded draw) and the decision record kept in the assignment event.
 //! - [`priority`]: ticket priorities, their queue order and keyword detection.
 //! - [`command`]: the shape of every command (organization, actor, action) and the one
 //!   error type of the layer, [`command::DomainError`].
@@ -17,11 +24,13 @@
 
 pub mod actor;
 pub mod agent;
+pub mod assignment;
 pub mod command;
 pub mod division;
 pub mod limits;
 pub mod metadata;
 pub mod priority;
+pub mod queue_settings;
 pub mod ticket;
 
 pub use actor::{Actor, Role};

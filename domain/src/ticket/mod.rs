@@ -14,6 +14,13 @@
 //!
 //! Every refusal is a [`TicketError`] saying why; nothing is written when a command is
 //! refused.
+//!
+//! Assignments (claim, admin assign, automatic assign) carry the **reservation** of the
+//! agent's slot: the ticket version the slot was reserved for (see
+//! [`crate::agent`]). The ticket accepts it only at exactly that version, so an assignment
+//! never lands on a ticket that changed after its slot was taken; repeating an assignment
+//! that already happened is a no-op, which makes the reserve-then-assign saga safe to
+//! retry from anywhere.
 
 mod state;
 #[cfg(test)]
@@ -24,6 +31,7 @@ pub use state::{Ticket, TicketStatus};
 use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
+use crate::assignment::AssignmentDecision;
 use crate::command::{Command, DomainError};
 use crate::priority::{Priority, PrioritySource};
 
@@ -42,10 +50,20 @@ pub enum TicketAction {
         priority_source: PrioritySource,
         division_id: Option<String>,
     },
-    /// The calling agent takes a queued ticket.
-    Claim,
+    /// The calling agent takes a queued ticket with the slot reserved at version
+    /// `reservation`.
+    Claim { reservation: u64 },
     /// An admin gives the ticket to `agent_id` (also reassigns an assigned ticket).
-    Assign { agent_id: String },
+    Assign { agent_id: String, reservation: u64 },
+    /// The assignment process gives a queued ticket to the agent its policy chose.
+    AutoAssign {
+        agent_id: String,
+        reservation: u64,
+        decision: AssignmentDecision,
+    },
+    /// The agent went offline under the REQUEUE policy: an assigned, not yet started ticket
+    /// goes back to its queue at its original place.
+    Requeue { agent_id: String },
     /// The assignee starts working on it.
     Start,
     /// The work is done.
@@ -73,6 +91,8 @@ pub enum AssignmentVia {
     Claim,
     /// An admin chose the agent.
     Admin,
+    /// The assignment process chose the agent (the decision is in the event).
+    Auto,
 }
 
 /// What happened to a ticket. Who and when are in the event's metadata.
@@ -93,7 +113,13 @@ pub enum TicketEvent {
         agent_id: String,
         previous_agent_id: Option<String>,
         via: AssignmentVia,
+        /// For automatic assignments: who was considered and why this agent won.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decision: Option<AssignmentDecision>,
     },
+    /// The assigned agent went offline (REQUEUE policy): back to the queue, at the place it
+    /// had before it was assigned.
+    TicketRequeued { agent_id: String },
     /// The assignee started working.
     TicketStarted { agent_id: String },
     /// The work is done.
@@ -128,6 +154,7 @@ impl DomainEvent for TicketEvent {
         match self {
             TicketEvent::TicketCreated { .. } => "TicketCreated",
             TicketEvent::TicketAssigned { .. } => "TicketAssigned",
+            TicketEvent::TicketRequeued { .. } => "TicketRequeued",
             TicketEvent::TicketStarted { .. } => "TicketStarted",
             TicketEvent::TicketResolved { .. } => "TicketResolved",
             TicketEvent::TicketClosed => "TicketClosed",

@@ -53,6 +53,11 @@ pub struct Ticket {
     assignee: Option<String>,
     last_assignee: Option<String>,
     rated: bool,
+    division_id: Option<String>,
+    /// How many events the ticket has (the sequence of the newest).
+    version: u64,
+    /// The version of the event that gave the current assignee the ticket.
+    assigned_version: Option<u64>,
 }
 
 impl Aggregate for Ticket {
@@ -92,22 +97,31 @@ impl Aggregate for Ticket {
     }
 
     fn apply(&mut self, event: TicketEvent) {
+        self.version += 1;
         match event {
             TicketEvent::TicketCreated {
                 organization,
                 number,
                 priority,
+                division_id,
                 ..
             } => {
                 self.organization = Some(organization);
                 self.number = number;
                 self.priority = Some(priority);
+                self.division_id = division_id;
                 self.status = Some(TicketStatus::Queued);
             }
             TicketEvent::TicketAssigned { agent_id, .. } => {
                 self.assignee = Some(agent_id.clone());
                 self.last_assignee = Some(agent_id);
+                self.assigned_version = Some(self.version);
                 self.status = Some(TicketStatus::Assigned);
+            }
+            TicketEvent::TicketRequeued { .. } => {
+                self.status = Some(TicketStatus::Queued);
+                self.assignee = None;
+                self.assigned_version = None;
             }
             TicketEvent::TicketStarted { .. } => self.status = Some(TicketStatus::InProgress),
             TicketEvent::TicketResolved { .. } => self.status = Some(TicketStatus::Resolved),
@@ -115,6 +129,7 @@ impl Aggregate for Ticket {
             TicketEvent::TicketReopened { .. } => {
                 self.status = Some(TicketStatus::Queued);
                 self.assignee = None;
+                self.assigned_version = None;
                 self.rated = false;
             }
             TicketEvent::TicketPriorityChanged { to, .. } => self.priority = Some(to),
@@ -130,9 +145,35 @@ impl Ticket {
         self.status
     }
 
-    /// The agent holding the ticket, if any.
+    /// The agent the ticket is (or was last) assigned to; see [`Ticket::active_holder`].
     pub fn assignee(&self) -> Option<&str> {
         self.assignee.as_deref()
+    }
+
+    /// The agent whose slot the ticket occupies: its assignee while ASSIGNED or
+    /// IN_PROGRESS.
+    pub fn active_holder(&self) -> Option<&str> {
+        self.status
+            .filter(|s| s.is_active())
+            .and(self.assignee.as_deref())
+    }
+
+    /// How many events the ticket has; the version a slot reservation names.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The division whose queue the ticket waits in.
+    pub fn division_id(&self) -> Option<&str> {
+        self.division_id.as_deref()
+    }
+
+    /// Whether `agent_id` got the ticket with the slot reserved at `reservation`: the
+    /// assignment event right after the reservation gave it to them and they still hold it.
+    pub fn assigned_with(&self, agent_id: &str, reservation: u64) -> bool {
+        self.assignee.as_deref() == Some(agent_id)
+            && self.assigned_version == Some(reservation + 1)
+            && self.status.is_some_and(TicketStatus::is_active)
     }
 
     /// What the ticket would decide for `command`, without changing anything: lets callers
@@ -218,22 +259,30 @@ impl Ticket {
                     division_id,
                 }
             }
-            TicketAction::Claim => {
+            TicketAction::Claim { reservation } => {
                 if actor.role != Role::Agent {
                     return Err(TicketError::NotPermitted(
                         "only agents claim tickets; admins assign them".into(),
                     ));
                 }
+                if self.assigned_with(&actor.id, reservation) {
+                    return Ok(vec![]);
+                }
                 if status != TicketStatus::Queued {
                     return self.refuse("only a queued ticket can be claimed");
                 }
+                self.ensure_reservation_current(reservation)?;
                 TicketEvent::TicketAssigned {
                     agent_id: actor.id.clone(),
                     previous_agent_id: None,
                     via: AssignmentVia::Claim,
+                    decision: None,
                 }
             }
-            TicketAction::Assign { agent_id } => {
+            TicketAction::Assign {
+                agent_id,
+                reservation,
+            } => {
                 if actor.role != Role::Admin {
                     return Err(TicketError::NotPermitted(
                         "only admins assign tickets to agents".into(),
@@ -241,6 +290,9 @@ impl Ticket {
                 }
                 if agent_id.trim().is_empty() {
                     return Err(invalid("agentId must not be empty"));
+                }
+                if self.assigned_with(&agent_id, reservation) {
+                    return Ok(vec![]);
                 }
                 if !matches!(
                     status,
@@ -251,11 +303,55 @@ impl Ticket {
                 if self.assignee.as_deref() == Some(agent_id.as_str()) {
                     return self.refuse(format!("it is already assigned to agent {agent_id}"));
                 }
+                self.ensure_reservation_current(reservation)?;
                 TicketEvent::TicketAssigned {
                     agent_id,
                     previous_agent_id: self.assignee.clone(),
                     via: AssignmentVia::Admin,
+                    decision: None,
                 }
+            }
+            TicketAction::AutoAssign {
+                agent_id,
+                reservation,
+                decision,
+            } => {
+                if !matches!(actor.role, Role::Service | Role::Admin) {
+                    return Err(TicketError::NotPermitted(
+                        "automatic assignment is the assignment process's".into(),
+                    ));
+                }
+                if self.assigned_with(&agent_id, reservation) {
+                    return Ok(vec![]);
+                }
+                if status != TicketStatus::Queued {
+                    return self.refuse("only a queued ticket is assigned automatically");
+                }
+                if decision.winner != agent_id {
+                    return Err(invalid("the decision names another agent"));
+                }
+                self.ensure_reservation_current(reservation)?;
+                TicketEvent::TicketAssigned {
+                    agent_id,
+                    previous_agent_id: None,
+                    via: AssignmentVia::Auto,
+                    decision: Some(decision),
+                }
+            }
+            TicketAction::Requeue { agent_id } => {
+                if !matches!(actor.role, Role::Service | Role::Admin) {
+                    return Err(TicketError::NotPermitted(
+                        "tickets are requeued by the assignment process or an admin".into(),
+                    ));
+                }
+                if status != TicketStatus::Assigned
+                    || self.assignee.as_deref() != Some(agent_id.as_str())
+                {
+                    return self.refuse(format!(
+                        "only a ticket assigned to agent {agent_id} and not started can be requeued"
+                    ));
+                }
+                TicketEvent::TicketRequeued { agent_id }
             }
             TicketAction::Start => {
                 if status != TicketStatus::Assigned {
@@ -351,6 +447,17 @@ impl Ticket {
             }
         };
         Ok(vec![event])
+    }
+
+    fn ensure_reservation_current(&self, reservation: u64) -> Result<(), TicketError> {
+        if reservation == self.version {
+            Ok(())
+        } else {
+            Err(TicketError::Stale(format!(
+                "ticket #{} changed while the agent's slot was being reserved",
+                self.number
+            )))
+        }
     }
 
     /// For finished tickets the "holder" is the agent who last had it.

@@ -81,10 +81,24 @@ fn reopen(reason: Option<&str>) -> TicketAction {
     }
 }
 
-fn assign(agent_id: &str) -> TicketAction {
+/// An admin assignment with the slot reserved at `version`.
+fn assign(agent_id: &str, version: u64) -> TicketAction {
     TicketAction::Assign {
         agent_id: agent_id.into(),
+        reservation: version,
     }
+}
+
+/// A claim with the slot reserved at `version`.
+fn claim(version: u64) -> TicketAction {
+    TicketAction::Claim {
+        reservation: version,
+    }
+}
+
+/// The version a ticket in `status` (built by [`history`]) is at.
+fn version_of(status: TicketStatus) -> u64 {
+    history(status).len() as u64
 }
 
 fn comment(text: &str) -> TicketAction {
@@ -108,8 +122,8 @@ fn change_priority(priority: Priority) -> TicketAction {
 /// Every action except Create, for the "not found" checks.
 fn all_non_create_actions() -> Vec<TicketAction> {
     vec![
-        TicketAction::Claim,
-        assign("ann"),
+        claim(1),
+        assign("ann", 1),
         TicketAction::Start,
         resolve(Some("fixed")),
         TicketAction::Close,
@@ -137,6 +151,7 @@ fn claimed_by(agent_id: &str) -> TicketEvent {
         agent_id: agent_id.into(),
         previous_agent_id: None,
         via: AssignmentVia::Claim,
+        decision: None,
     }
 }
 
@@ -145,6 +160,7 @@ fn assigned_to(agent_id: &str, previous: Option<&str>) -> TicketEvent {
         agent_id: agent_id.into(),
         previous_agent_id: previous.map(Into::into),
         via: AssignmentVia::Admin,
+        decision: None,
     }
 }
 
@@ -439,7 +455,7 @@ fn commands_on_a_ticket_never_created_are_not_found() {
 #[test]
 fn an_agent_claims_a_queued_ticket() {
     given_status(TicketStatus::Queued)
-        .when(cmd(agent("ann"), TicketAction::Claim))
+        .when(cmd(agent("ann"), claim(version_of(TicketStatus::Queued))))
         .then_expect_events(vec![claimed_by("ann")]);
 }
 
@@ -447,7 +463,7 @@ fn an_agent_claims_a_queued_ticket() {
 fn admins_and_services_cannot_claim() {
     for actor in [admin(), service()] {
         given_status(TicketStatus::Queued)
-            .when(cmd(actor, TicketAction::Claim))
+            .when(cmd(actor, claim(version_of(TicketStatus::Queued))))
             .then_expect_error(not_permitted(
                 "only agents claim tickets; admins assign them",
             ));
@@ -457,7 +473,7 @@ fn admins_and_services_cannot_claim() {
 #[test]
 fn claim_names_the_ticket_and_its_status_when_refused() {
     given_status(TicketStatus::Assigned)
-        .when(cmd(agent("bob"), TicketAction::Claim))
+        .when(cmd(agent("bob"), claim(version_of(TicketStatus::Assigned))))
         .then_expect_error(TicketError::InvalidTransition(
             "ticket #7 is ASSIGNED: only a queued ticket can be claimed".into(),
         ));
@@ -473,7 +489,7 @@ fn only_a_queued_ticket_can_be_claimed() {
     ] {
         for who in ["ann", "bob"] {
             given_status(status)
-                .when(cmd(agent(who), TicketAction::Claim))
+                .when(cmd(agent(who), claim(version_of(status))))
                 .then_expect_error(refused(status, "only a queued ticket can be claimed"));
         }
     }
@@ -486,21 +502,21 @@ fn only_a_queued_ticket_can_be_claimed() {
 #[test]
 fn an_admin_assigns_a_queued_ticket() {
     given_status(TicketStatus::Queued)
-        .when(cmd(admin(), assign("ann")))
+        .when(cmd(admin(), assign("ann", version_of(TicketStatus::Queued))))
         .then_expect_events(vec![assigned_to("ann", None)]);
 }
 
 #[test]
 fn an_admin_reassigns_an_assigned_ticket() {
     given_status(TicketStatus::Assigned)
-        .when(cmd(admin(), assign("bob")))
+        .when(cmd(admin(), assign("bob", version_of(TicketStatus::Assigned))))
         .then_expect_events(vec![assigned_to("bob", Some("ann"))]);
 }
 
 #[test]
 fn an_admin_reassigns_an_in_progress_ticket() {
     given_status(TicketStatus::InProgress)
-        .when(cmd(admin(), assign("bob")))
+        .when(cmd(admin(), assign("bob", version_of(TicketStatus::InProgress))))
         .then_expect_events(vec![assigned_to("bob", Some("ann"))]);
 }
 
@@ -530,7 +546,7 @@ fn a_chain_of_reassignments_records_each_previous_agent() {
         assigned_to("ann", None),
         assigned_to("bob", Some("ann")),
     ])
-    .when(cmd(admin(), assign("cid")))
+    .when(cmd(admin(), assign("cid", 3)))
     .then_expect_events(vec![assigned_to("cid", Some("bob"))]);
 }
 
@@ -538,7 +554,7 @@ fn a_chain_of_reassignments_records_each_previous_agent() {
 fn assigning_to_the_current_agent_is_refused() {
     for status in [TicketStatus::Assigned, TicketStatus::InProgress] {
         given_status(status)
-            .when(cmd(admin(), assign("ann")))
+            .when(cmd(admin(), assign("ann", version_of(status))))
             .then_expect_error(refused(status, "it is already assigned to agent ann"));
     }
 }
@@ -547,7 +563,7 @@ fn assigning_to_the_current_agent_is_refused() {
 fn agents_and_services_cannot_assign() {
     for actor in [agent("ann"), agent("bob"), service()] {
         given_status(TicketStatus::Queued)
-            .when(cmd(actor, assign("ann")))
+            .when(cmd(actor, assign("ann", version_of(TicketStatus::Queued))))
             .then_expect_error(not_permitted("only admins assign tickets to agents"));
     }
 }
@@ -556,7 +572,7 @@ fn agents_and_services_cannot_assign() {
 fn assigning_to_a_blank_agent_id_is_refused() {
     for blank in ["", "   "] {
         given_status(TicketStatus::Queued)
-            .when(cmd(admin(), assign(blank)))
+            .when(cmd(admin(), assign(blank, version_of(TicketStatus::Queued))))
             .then_expect_error(invalid("agentId must not be empty"));
     }
 }
@@ -566,7 +582,7 @@ fn a_finished_ticket_cannot_be_assigned() {
     for status in FINISHED {
         for who in ["ann", "bob"] {
             given_status(status)
-                .when(cmd(admin(), assign(who)))
+                .when(cmd(admin(), assign(who, version_of(status))))
                 .then_expect_error(refused(
                     status,
                     "a resolved or closed ticket must be reopened first",
@@ -853,14 +869,15 @@ fn a_reopened_ticket_is_queued_again_and_can_be_claimed() {
         let mut events = history(status);
         events.push(reopened(Some("ann")));
         given(events.clone())
-            .when(cmd(agent("bob"), TicketAction::Claim))
+            .when(cmd(agent("bob"), claim(events.len() as u64)))
             .then_expect_events(vec![claimed_by("bob")]);
         given(events.clone())
-            .when(cmd(agent("ann"), TicketAction::Claim))
+            .when(cmd(agent("ann"), claim(events.len() as u64)))
             .then_expect_events(vec![claimed_by("ann")]);
         // An admin assignment after a reopen has no current agent to replace.
+        let version = events.len() as u64;
         given(events)
-            .when(cmd(admin(), assign("bob")))
+            .when(cmd(admin(), assign("bob", version)))
             .then_expect_events(vec![assigned_to("bob", None)]);
     }
 }
@@ -1238,6 +1255,12 @@ fn every_event() -> Vec<(TicketEvent, &'static str)> {
             "CommentAdded",
         ),
         (rated(5), "TicketRated"),
+        (
+            TicketEvent::TicketRequeued {
+                agent_id: "ann".into(),
+            },
+            "TicketRequeued",
+        ),
     ]
 }
 
@@ -1256,10 +1279,11 @@ fn event_type_names_never_change() {
             | TicketEvent::TicketReopened { .. }
             | TicketEvent::TicketPriorityChanged { .. }
             | TicketEvent::CommentAdded { .. }
-            | TicketEvent::TicketRated { .. } => {}
+            | TicketEvent::TicketRated { .. }
+            | TicketEvent::TicketRequeued { .. } => {}
         }
     }
-    assert_eq!(events.len(), 9);
+    assert_eq!(events.len(), 10);
     for (event, name) in events {
         assert_eq!(event.event_type(), name);
         assert_eq!(event.event_version(), "1.0", "{name}");
@@ -1325,4 +1349,178 @@ fn agents_cannot_rate_tickets() {
         .then_expect_error(TicketError::NotPermitted(
             "ratings come from the customer's channel or an admin".into(),
         ));
+}
+
+// ---------------------------------------------------------------------------------------
+// Slot reservations, automatic assignment and requeue
+// ---------------------------------------------------------------------------------------
+
+fn decision_for(agent_id: &str) -> crate::assignment::AssignmentDecision {
+    use crate::assignment::{choose, Candidate};
+    use crate::division::AssignmentAlgorithm;
+    let candidates = [Candidate {
+        agent_id: agent_id.into(),
+        online: true,
+        serves_division: true,
+        active: 0,
+        max_tickets: 5,
+        last_assigned_at: None,
+    }];
+    choose(AssignmentAlgorithm::RoundRobin, &candidates, 0).unwrap()
+}
+
+fn auto_assign(agent_id: &str, version: u64) -> TicketAction {
+    TicketAction::AutoAssign {
+        agent_id: agent_id.into(),
+        reservation: version,
+        decision: decision_for(agent_id),
+    }
+}
+
+fn auto_assigned(agent_id: &str) -> TicketEvent {
+    TicketEvent::TicketAssigned {
+        agent_id: agent_id.into(),
+        previous_agent_id: None,
+        via: AssignmentVia::Auto,
+        decision: Some(decision_for(agent_id)),
+    }
+}
+
+#[test]
+fn a_reservation_made_for_an_older_version_is_stale() {
+    let events = vec![created(), TicketEvent::TicketPriorityChanged {
+        from: Priority::Medium,
+        to: Priority::High,
+    }];
+    let stale = TicketError::Stale("ticket #7 changed while the agent's slot was being reserved".into());
+    given(events.clone())
+        .when(cmd(agent("ann"), claim(1)))
+        .then_expect_error(stale.clone());
+    given(events.clone())
+        .when(cmd(admin(), assign("ann", 1)))
+        .then_expect_error(stale.clone());
+    given(events.clone())
+        .when(cmd(service(), auto_assign("ann", 1)))
+        .then_expect_error(stale);
+    given(events)
+        .when(cmd(service(), auto_assign("ann", 2)))
+        .then_expect_events(vec![auto_assigned("ann")]);
+}
+
+#[test]
+fn repeating_an_assignment_that_happened_with_the_same_reservation_is_a_no_op() {
+    given(vec![created(), claimed_by("ann")])
+        .when(cmd(agent("ann"), claim(1)))
+        .then_expect_events(vec![]);
+    given(vec![created(), auto_assigned("ann")])
+        .when(cmd(service(), auto_assign("ann", 1)))
+        .then_expect_events(vec![]);
+    given(vec![created(), assigned_to("ann", None), assigned_to("bob", Some("ann"))])
+        .when(cmd(admin(), assign("bob", 2)))
+        .then_expect_events(vec![]);
+    // Another agent's claim with that reservation is refused as usual.
+    given(vec![created(), claimed_by("ann")])
+        .when(cmd(agent("bob"), claim(1)))
+        .then_expect_error(refused(
+            TicketStatus::Assigned,
+            "only a queued ticket can be claimed",
+        ));
+}
+
+#[test]
+fn a_reservation_does_not_revive_once_the_ticket_moved_on() {
+    // Ann got it with reservation 1, resolved it, it was reopened: the old reservation is
+    // no longer hers to repeat, and it is stale for a new assignment.
+    given(vec![created(), claimed_by("ann"), resolved("ann"), reopened(Some("ann"))])
+        .when(cmd(agent("ann"), claim(1)))
+        .then_expect_error(TicketError::Stale(
+            "ticket #7 changed while the agent's slot was being reserved".into(),
+        ));
+}
+
+#[test]
+fn automatic_assignment_is_for_queued_tickets_by_the_assignment_process() {
+    given_status(TicketStatus::Queued)
+        .when(cmd(service(), auto_assign("ann", 1)))
+        .then_expect_events(vec![auto_assigned("ann")]);
+    given_status(TicketStatus::Queued)
+        .when(cmd(agent("ann"), auto_assign("ann", 1)))
+        .then_expect_error(not_permitted(
+            "automatic assignment is the assignment process's",
+        ));
+    for status in [TicketStatus::Assigned, TicketStatus::Resolved] {
+        given_status(status)
+            .when(cmd(service(), auto_assign("bob", version_of(status))))
+            .then_expect_error(refused(
+                status,
+                "only a queued ticket is assigned automatically",
+            ));
+    }
+    let mut mismatched = auto_assign("bob", 1);
+    if let TicketAction::AutoAssign { decision, .. } = &mut mismatched {
+        decision.winner = "cid".into();
+    }
+    given_status(TicketStatus::Queued)
+        .when(cmd(service(), mismatched))
+        .then_expect_error(invalid("the decision names another agent"));
+}
+
+#[test]
+fn an_assigned_not_started_ticket_is_requeued_when_its_agent_goes_offline() {
+    let requeue = |who: &str| TicketAction::Requeue {
+        agent_id: who.into(),
+    };
+    given_status(TicketStatus::Assigned)
+        .when(cmd(service(), requeue("ann")))
+        .then_expect_events(vec![TicketEvent::TicketRequeued {
+            agent_id: "ann".into(),
+        }]);
+    for (status, who) in [
+        (TicketStatus::InProgress, "ann"),
+        (TicketStatus::Assigned, "bob"),
+        (TicketStatus::Queued, "ann"),
+    ] {
+        given_status(status)
+            .when(cmd(service(), requeue(who)))
+            .then_expect_error(refused(
+                status,
+                &format!("only a ticket assigned to agent {who} and not started can be requeued"),
+            ));
+    }
+    given_status(TicketStatus::Assigned)
+        .when(cmd(agent("ann"), requeue("ann")))
+        .then_expect_error(not_permitted(
+            "tickets are requeued by the assignment process or an admin",
+        ));
+    // Back in the queue, it can be claimed at its new version.
+    let mut events = history(TicketStatus::Assigned);
+    events.push(TicketEvent::TicketRequeued {
+        agent_id: "ann".into(),
+    });
+    given(events)
+        .when(cmd(agent("bob"), claim(3)))
+        .then_expect_events(vec![claimed_by("bob")]);
+}
+
+#[test]
+fn the_active_holder_is_the_assignee_only_while_the_ticket_is_active() {
+    let mut ticket = Ticket::default();
+    for event in [created(), claimed_by("ann")] {
+        ticket.apply(event);
+    }
+    assert_eq!(ticket.active_holder(), Some("ann"));
+    assert_eq!(ticket.version(), 2);
+    assert!(ticket.assigned_with("ann", 1));
+    ticket.apply(resolved("ann"));
+    assert_eq!(ticket.active_holder(), None);
+    assert_eq!(ticket.assignee(), Some("ann"));
+    assert!(!ticket.assigned_with("ann", 1));
+}
+
+#[test]
+fn old_assignment_events_without_a_decision_still_read() {
+    let json = serde_json::json!({"TicketAssigned": {
+        "agent_id": "ann", "previous_agent_id": null, "via": "claim"}});
+    let event: TicketEvent = serde_json::from_value(json).unwrap();
+    assert_eq!(event, claimed_by("ann"));
 }
