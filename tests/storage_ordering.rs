@@ -299,6 +299,7 @@ async fn concurrent_appends_are_applied_once_in_commit_order(db: Database) {
     let shutdown = CancellationToken::new();
     let signal = LogSignal::default();
     signal.listen_to_postgres(&db, shutdown.clone());
+    let (leases, _) = projections::lease::Leases::start(&db, &["seen"], shutdown.clone());
     let (progress, runners) = ProjectionRunners::new(
         db.clone(),
         vec![Arc::new(SeenProjection)],
@@ -306,7 +307,7 @@ async fn concurrent_appends_are_applied_once_in_commit_order(db: Database) {
         Arc::new(ProjectionTelemetry::default()),
         RunnerOptions::default(),
     )
-    .start(shutdown.clone())
+    .start(&leases, shutdown.clone())
     .await
     .unwrap();
 

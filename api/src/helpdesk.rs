@@ -7,17 +7,20 @@
 //! follows sees the change.
 
 use chrono::{DateTime, Utc};
-use cqrs_es::{Aggregate, AggregateError, CqrsFramework};
-use domain::agent::{AgentAction, AgentCommand, AgentStatus};
-use domain::division::{Division, DivisionAction, DivisionCommand, DivisionProfile};
+use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventStore as _};
+use domain::agent::{AgentAction, AgentStatus};
+use domain::division::{Division, DivisionAction, DivisionChanges, DivisionProfile};
 use domain::metadata::EventMetadata;
 use domain::priority::Priority;
+use domain::queue_settings::{OrganizationQueue, QueueSettingsChanges};
 use domain::ticket::{Ticket, TicketAction, TicketCommand, TicketEvent, TicketStatus};
-use domain::{DomainError, PriorityKeywords};
+use domain::{Actor, Command, DomainError, PriorityKeywords};
 use projections::agents::AgentsProjection;
 use projections::db::timestamp;
 use projections::divisions::DivisionsProjection;
 use projections::event_store::{event_store, EventStore};
+use projections::lease::Leases;
+use projections::queue_settings::QueueSettingsProjection;
 use projections::runner::{
     LogSignal, Projection, ProjectionProgress, ProjectionRunners, ProjectionTelemetry,
     RunnerOptions,
@@ -76,7 +79,33 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(TicketsProjection),
         Arc::new(DivisionsProjection),
         Arc::new(AgentsProjection),
+        Arc::new(QueueSettingsProjection),
     ]
+}
+
+/// Who issues a command and on whose behalf: the metadata of brief rule 7.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// The organization acted in.
+    pub organization: String,
+    /// Who acts.
+    pub actor: Actor,
+    /// The request (or process step) that issued the command.
+    pub request_id: String,
+    /// The event that caused it, for commands of a process manager.
+    pub causation_id: Option<String>,
+}
+
+impl Origin {
+    /// A command of a GraphQL caller.
+    pub fn of(caller: &Caller, request_id: &str) -> Self {
+        Self {
+            organization: caller.organization.clone(),
+            actor: caller.actor.clone(),
+            request_id: request_id.to_string(),
+            causation_id: None,
+        }
+    }
 }
 
 /// Counters and histograms for `/metrics`.
@@ -109,9 +138,13 @@ pub struct NewTicket {
 pub struct Helpdesk {
     /// The database.
     pub db: Database,
-    tickets: CqrsFramework<Ticket, EventStore<Ticket>>,
+    pub(crate) tickets: CqrsFramework<Ticket, EventStore<Ticket>>,
     divisions: CqrsFramework<Division, EventStore<Division>>,
-    agents: CqrsFramework<AgentStatus, EventStore<AgentStatus>>,
+    pub(crate) agents: CqrsFramework<AgentStatus, EventStore<AgentStatus>>,
+    queue_settings: CqrsFramework<OrganizationQueue, EventStore<OrganizationQueue>>,
+    ticket_history: EventStore<Ticket>,
+    /// Which replica runs what.
+    pub leases: Leases,
     /// Where the projections of this process stand.
     pub progress: ProjectionProgress,
     signal: LogSignal,
@@ -135,6 +168,10 @@ impl Helpdesk {
         let metrics = Arc::new(Metrics::default());
         let signal = LogSignal::default();
         let listener = signal.listen_to_postgres(&db, shutdown.clone());
+        let projections = all_projections();
+        let mut roles: Vec<&'static str> = projections.iter().map(|p| p.name()).collect();
+        roles.push(crate::assignment::ROLE);
+        let (leases, lease_task) = Leases::start(&db, &roles, shutdown.clone());
         let pause_before_commit = config
             .failpoint
             .as_deref()
@@ -142,19 +179,23 @@ impl Helpdesk {
             .map(str::to_string);
         let runners = ProjectionRunners::new(
             db.clone(),
-            all_projections(),
+            projections,
             signal.clone(),
             metrics.projections.clone(),
             RunnerOptions {
                 pause_before_commit,
             },
         );
-        let (progress, mut tasks) = runners.start(shutdown).await?;
+        let (progress, mut tasks) = runners.start(&leases, shutdown.clone()).await?;
         tasks.extend(listener);
+        tasks.extend(lease_task);
         let helpdesk = Self {
             tickets: CqrsFramework::new(event_store(&db), vec![], ()),
             divisions: CqrsFramework::new(event_store(&db), vec![], ()),
             agents: CqrsFramework::new(event_store(&db), vec![], ()),
+            queue_settings: CqrsFramework::new(event_store(&db), vec![], ()),
+            ticket_history: event_store(&db),
+            leases,
             db,
             progress,
             signal,
@@ -163,12 +204,37 @@ impl Helpdesk {
             aggregate_turns: AggregateTurns::new(1024),
             metrics,
         };
-        Ok((Arc::new(helpdesk), tasks))
+        let helpdesk = Arc::new(helpdesk);
+        tasks.push(crate::assignment::AssignmentProcess::spawn(
+            helpdesk.clone(),
+            shutdown,
+        ));
+        Ok((helpdesk, tasks))
+    }
+
+    /// What rings when events are committed.
+    pub fn log_signal(&self) -> &LogSignal {
+        &self.signal
+    }
+
+    /// A ticket as its events leave it now (the write side's view, not a projection's).
+    pub async fn load_ticket(&self, organization: &str, ticket_id: &str) -> ApiResult<Ticket> {
+        let context = self
+            .ticket_history
+            .load_aggregate(ticket_id)
+            .await
+            .map_err(|e| from_aggregate("ticket", e))?;
+        let ticket = context.aggregate;
+        if ticket.status().is_none() || ticket.organization() != Some(organization) {
+            return Err(ApiError::NotFound("ticket not found".into()));
+        }
+        Ok(ticket)
     }
 
     /// Opens a ticket. Returns the ticket as its creation event describes it, for answering
     /// when the read model has not caught up within the consistency timeout (the event is
-    /// committed: answering with an error would make clients create it twice).
+    /// committed: answering with an error would make clients create it twice). When the
+    /// ticket's queue is served automatically, an agent is looked for at once.
     pub async fn create_ticket(
         &self,
         caller: &Caller,
@@ -176,14 +242,7 @@ impl Helpdesk {
         input: NewTicket,
     ) -> ApiResult<TicketRecord> {
         if let Some(division) = &input.division_id {
-            if projections::divisions::division(&self.db, &caller.organization, division)
-                .await?
-                .is_none()
-            {
-                return Err(ApiError::bad_input(format!(
-                    "unknown division '{division}'"
-                )));
-            }
+            self.ensure_division(&caller.organization, division).await?;
         }
         let text = format!(
             "{} {}",
@@ -211,52 +270,65 @@ impl Helpdesk {
             *number = allocated;
         }
         let id = uuid::Uuid::new_v4().to_string();
+        let origin = Origin::of(caller, request_id);
         let at = self
             .execute(
                 &self.tickets,
                 &id,
-                command,
-                caller,
-                request_id,
+                command.action,
+                &origin,
                 "createTicket",
+                Wait::ForProjections,
             )
             .await?;
-        match created.into_iter().next() {
-            Some(TicketEvent::TicketCreated {
-                organization,
-                subject,
-                description,
-                priority,
-                division_id,
-                ..
-            }) => Ok(TicketRecord {
-                id,
-                organization_id: organization,
-                number: allocated,
-                subject,
-                description,
-                status: TicketStatus::Queued.as_str().into(),
-                priority: priority.as_str().into(),
-                division_id,
-                assignee_id: None,
-                created_by: caller.actor.id.clone(),
-                created_at: timestamp(at),
-                updated_at: timestamp(at),
-                assigned_at: None,
-                resolved_at: None,
-                closed_at: None,
-                resolution: None,
-                rating: None,
-                feedback: None,
-                version: 1,
-            }),
-            _ => Err(ApiError::internal(
+        let Some(TicketEvent::TicketCreated {
+            organization,
+            subject,
+            description,
+            priority,
+            division_id,
+            ..
+        }) = created.into_iter().next()
+        else {
+            return Err(ApiError::internal(
                 "ticket creation decided no TicketCreated event",
-            )),
-        }
+            ));
+        };
+        // "Assigned at once": the assignment process would do it a moment later; doing it
+        // here lets the creator see the assignee in the answer.
+        crate::assignment::assign_waiting(
+            self,
+            &organization,
+            division_id.as_deref(),
+            &origin,
+            Some(1),
+        )
+        .await;
+        Ok(TicketRecord {
+            id,
+            organization_id: organization,
+            number: allocated,
+            subject,
+            description,
+            status: TicketStatus::Queued.as_str().into(),
+            priority: priority.as_str().into(),
+            division_id,
+            assignee_id: None,
+            created_by: caller.actor.id.clone(),
+            created_at: timestamp(at),
+            updated_at: timestamp(at),
+            assigned_at: None,
+            resolved_at: None,
+            closed_at: None,
+            resolution: None,
+            rating: None,
+            feedback: None,
+            version: 1,
+        })
     }
 
-    /// Runs a command on an existing ticket; returns when it happened.
+    /// Runs a command on an existing ticket; returns when it happened. Assignments go
+    /// through [`Helpdesk::assign_ticket`] instead (they need a slot).
     pub async fn on_ticket(
         &self,
         caller: &Caller,
@@ -265,13 +337,15 @@ impl Helpdesk {
         action: TicketAction,
     ) -> ApiResult<DateTime<Utc>> {
         let name = command_name(&action);
-        let command = TicketCommand {
-            organization: caller.organization.clone(),
-            actor: caller.actor.clone(),
+        self.execute(
+            &self.tickets,
+            ticket_id,
             action,
-        };
-        self.execute(&self.tickets, ticket_id, command, caller, request_id, name)
-            .await
+            &Origin::of(caller, request_id),
+            name,
+            Wait::ForProjections,
+        )
+        .await
     }
 
     /// Creates a division and returns its id.
@@ -282,81 +356,153 @@ impl Helpdesk {
         profile: DivisionProfile,
     ) -> ApiResult<String> {
         let id = uuid::Uuid::new_v4().to_string();
-        let command = DivisionCommand {
-            organization: caller.organization.clone(),
-            actor: caller.actor.clone(),
-            action: DivisionAction::Create(profile),
-        };
         self.execute(
             &self.divisions,
             &id,
-            command,
-            caller,
-            request_id,
+            DivisionAction::Create(profile),
+            &Origin::of(caller, request_id),
             "createDivision",
+            Wait::ForProjections,
         )
         .await?;
         Ok(id)
     }
 
-    /// Registers an agent and returns its id (the `sub` of its tokens).
+    /// Changes a division's settings.
+    pub async fn update_division(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        division_id: &str,
+        changes: DivisionChanges,
+    ) -> ApiResult<()> {
+        self.execute(
+            &self.divisions,
+            division_id,
+            DivisionAction::Update(changes),
+            &Origin::of(caller, request_id),
+            "updateDivision",
+            Wait::ForProjections,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Changes the organization's queue settings.
+    pub async fn update_queue_settings(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        changes: QueueSettingsChanges,
+    ) -> ApiResult<()> {
+        let organization = caller.organization.clone();
+        self.execute(
+            &self.queue_settings,
+            &organization,
+            changes,
+            &Origin::of(caller, request_id),
+            "updateQueueSettings",
+            Wait::ForProjections,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Refuses a division id that does not exist in `organization`.
+    pub async fn ensure_division(&self, organization: &str, division: &str) -> ApiResult<()> {
+        match projections::divisions::division(&self.db, organization, division).await? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::bad_input(format!(
+                "unknown division '{division}'"
+            ))),
+        }
+    }
+
+    /// Registers an agent and returns its id (the `sub` of its tokens): `id` when given
+    /// (the agent's id in the organization's identity provider), else a new UUID.
     pub async fn register_agent(
         &self,
         caller: &Caller,
         request_id: &str,
+        id: Option<String>,
         name: String,
         max_tickets: i64,
         division_ids: Vec<String>,
     ) -> ApiResult<String> {
         for division in &division_ids {
-            if projections::divisions::division(&self.db, &caller.organization, division)
-                .await?
-                .is_none()
-            {
-                return Err(ApiError::bad_input(format!(
-                    "unknown division '{division}'"
-                )));
-            }
+            self.ensure_division(&caller.organization, division).await?;
         }
-        let id = uuid::Uuid::new_v4().to_string();
-        let command = AgentCommand {
-            organization: caller.organization.clone(),
-            actor: caller.actor.clone(),
-            action: AgentAction::Register {
+        let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        self.on_agent(
+            caller,
+            request_id,
+            &id,
+            AgentAction::Register {
                 name,
                 max_tickets,
                 division_ids,
             },
-        };
-        self.execute(
-            &self.agents,
-            &id,
-            command,
-            caller,
-            request_id,
-            "registerAgent",
         )
         .await?;
         Ok(id)
     }
 
-    async fn execute<A>(
+    /// Runs a command on an agent (presence, capacity, divisions).
+    pub async fn on_agent(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        agent_id: &str,
+        action: AgentAction,
+    ) -> ApiResult<DateTime<Utc>> {
+        if let AgentAction::SetDivisions { division_ids } = &action {
+            for division in division_ids {
+                self.ensure_division(&caller.organization, division).await?;
+            }
+        }
+        let name = match &action {
+            AgentAction::Register { .. } => "registerAgent",
+            AgentAction::GoOnline => "goOnline",
+            AgentAction::GoOffline => "goOffline",
+            AgentAction::SetCapacity { .. } => "setAgentCapacity",
+            AgentAction::SetDivisions { .. } => "setAgentDivisions",
+            AgentAction::ReserveSlot { .. } => "reserveSlot",
+            AgentAction::ReleaseSlot { .. } => "releaseSlot",
+        };
+        self.execute(
+            &self.agents,
+            agent_id,
+            action,
+            &Origin::of(caller, request_id),
+            name,
+            Wait::ForProjections,
+        )
+        .await
+    }
+
+    /// Runs `action` on aggregate `aggregate_id` as `origin`, retrying conflicts with other
+    /// replicas; with [`Wait::ForProjections`], returns once the projections show it.
+    pub(crate) async fn execute<A, Action>(
         &self,
         cqrs: &CqrsFramework<A, EventStore<A>>,
         aggregate_id: &str,
-        command: A::Command,
-        caller: &Caller,
-        request_id: &str,
+        action: Action,
+        origin: &Origin,
         name: &'static str,
+        wait: Wait,
     ) -> ApiResult<DateTime<Utc>>
     where
-        A: Aggregate,
-        A::Command: Clone,
-        A: Aggregate<Error = DomainError>,
+        A: Aggregate<Command = Command<Action>, Error = DomainError>,
+        Action: Clone,
     {
         let started = Instant::now();
+        let command = Command {
+            organization: origin.organization.clone(),
+            actor: origin.actor.clone(),
+            action,
+        };
         let result = self
-            .execute_and_wait(cqrs, aggregate_id, command, caller, request_id)
+            .execute_and_wait(cqrs, aggregate_id, command, origin, wait)
             .await;
         let outcome = match &result {
             Ok(_) => "ok",
@@ -374,8 +520,8 @@ impl Helpdesk {
         cqrs: &CqrsFramework<A, EventStore<A>>,
         aggregate_id: &str,
         command: A::Command,
-        caller: &Caller,
-        request_id: &str,
+        origin: &Origin,
+        wait: Wait,
     ) -> ApiResult<DateTime<Utc>>
     where
         A: Aggregate,
@@ -384,12 +530,12 @@ impl Helpdesk {
     {
         let occurred_at = Utc::now();
         let metadata = EventMetadata {
-            organization: caller.organization.clone(),
-            actor: caller.actor.clone(),
+            organization: origin.organization.clone(),
+            actor: origin.actor.clone(),
             occurred_at,
-            request_id: request_id.to_string(),
-            correlation_id: request_id.to_string(),
-            causation_id: None,
+            request_id: origin.request_id.clone(),
+            correlation_id: origin.request_id.clone(),
+            causation_id: origin.causation_id.clone(),
         }
         .to_map();
         {
@@ -415,7 +561,9 @@ impl Helpdesk {
             }
         }
         self.signal.ring();
-        self.wait_for_projections(A::TYPE, aggregate_id).await?;
+        if wait == Wait::ForProjections {
+            self.wait_for_projections(A::TYPE, aggregate_id).await?;
+        }
         Ok(occurred_at)
     }
 
@@ -448,12 +596,21 @@ impl Helpdesk {
         Ok(())
     }
 }
+/// Whether a command returns only once the projections show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Read-your-writes: the answer is built from the projections.
+    ForProjections,
+    /// An inner step of a saga; the caller waits at the end.
+    No,
+}
 
 /// How clients call an aggregate type in messages.
 fn noun(aggregate_type: &str) -> &'static str {
     match aggregate_type {
         "Division" => "division",
         "AgentStatus" => "agent",
+        "QueueSettings" => "queue settings",
         _ => "ticket",
     }
 }
@@ -462,8 +619,10 @@ fn noun(aggregate_type: &str) -> &'static str {
 pub fn command_name(action: &TicketAction) -> &'static str {
     match action {
         TicketAction::Create { .. } => "createTicket",
-        TicketAction::Claim => "claimTicket",
+        TicketAction::Claim { .. } => "claimTicket",
         TicketAction::Assign { .. } => "assignTicket",
+        TicketAction::AutoAssign { .. } => "autoAssignTicket",
+        TicketAction::Requeue { .. } => "requeueTicket",
         TicketAction::Start => "startTicket",
         TicketAction::Resolve { .. } => "resolveTicket",
         TicketAction::Close => "closeTicket",

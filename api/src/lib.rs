@@ -6,11 +6,15 @@
 //! - [`error`]: the one client-facing error enum, mapped to GraphQL `extensions.code`.
 //! - [`helpdesk`]: the command side — runs commands against aggregates with bounded retry on
 //!   conflicts, stamps metadata on every event, and waits until projections show the change.
+//! - [`assignment`]: the reserve-then-assign saga (claims, admin and automatic assignment)
+//!   and the assignment process manager that releases slots, requeues for offline agents
+//!   and fills AUTO queues, running in the replica that holds its lease.
 //! - [`graphql`]: the schema (queries and mutations of `CONTRACT.md`).
 //! - [`server`]: the HTTP server: `/graphql`, `/healthz`, `/readyz`, `/metrics`, graceful
 //!   shutdown.
 //! - [`cli`]: `helpdesk serve | migrate | token | replay`.
 
+pub mod assignment;
 pub mod auth;
 pub mod cli;
 pub mod config;

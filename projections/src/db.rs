@@ -215,6 +215,8 @@ pub enum Bind {
     Text(String),
     /// An integer value.
     Int(i64),
+    /// A boolean value.
+    Bool(bool),
 }
 
 /// A statement assembled from optional filters, with `$N` placeholders numbered as binds
@@ -258,6 +260,7 @@ macro_rules! bind_all {
             query = match value {
                 $crate::db::Bind::Text(text) => query.bind(text.clone()),
                 $crate::db::Bind::Int(int) => query.bind(*int),
+                $crate::db::Bind::Bool(flag) => query.bind(*flag),
             };
         }
         query

@@ -1,7 +1,7 @@
 //! The "divisions" projection: the divisions of each organization, in menu order.
 
 use async_trait::async_trait;
-use domain::division::DivisionEvent;
+use domain::division::{DivisionEvent, DivisionProfile};
 use sqlx::FromRow;
 
 use crate::db::{timestamp, Database, DbError, Tx};
@@ -36,16 +36,7 @@ impl Projection for DivisionsProjection {
                 organization,
                 profile,
             } => {
-                let keywords = serde_json::to_string(&profile.keywords)
-                    .map_err(|e| DbError::Corrupt(e.to_string()))?;
-                let mode = serde_json::to_value(profile.assignment_mode)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let algorithm = serde_json::to_value(profile.algorithm)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
+                let (keywords, mode, algorithm) = settings_text(&profile)?;
                 on_backend!(tx, |t| {
                     sqlx::query(
                         "INSERT INTO divisions (id, organization_id, name, description, keywords,
@@ -66,9 +57,45 @@ impl Projection for DivisionsProjection {
                     .await?;
                 });
             }
+            DivisionEvent::DivisionUpdated { profile } => {
+                let (keywords, mode, algorithm) = settings_text(&profile)?;
+                on_backend!(tx, |t| {
+                    sqlx::query(
+                        "UPDATE divisions SET name = $2, description = $3, keywords = $4,
+                            menu_position = $5, assignment_mode = $6, algorithm = $7,
+                            avg_handling_minutes = $8
+                          WHERE id = $1",
+                    )
+                    .bind(&event.aggregate_id)
+                    .bind(&profile.name)
+                    .bind(&profile.description)
+                    .bind(&keywords)
+                    .bind(profile.position)
+                    .bind(&mode)
+                    .bind(&algorithm)
+                    .bind(profile.avg_handling_minutes)
+                    .execute(&mut **t)
+                    .await?;
+                });
+            }
         }
         Ok(())
     }
+}
+
+/// The stored text of a profile's keywords (JSON), mode and algorithm (contract names).
+fn settings_text(profile: &DivisionProfile) -> Result<(String, String, String), DbError> {
+    let name = |value: serde_json::Result<serde_json::Value>| {
+        value
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .ok_or_else(|| DbError::Corrupt("unnamed division setting".into()))
+    };
+    Ok((
+        serde_json::to_string(&profile.keywords).map_err(|e| DbError::Corrupt(e.to_string()))?,
+        name(serde_json::to_value(profile.assignment_mode))?,
+        name(serde_json::to_value(profile.algorithm))?,
+    ))
 }
 
 /// A division as the read model holds it.
@@ -95,6 +122,16 @@ pub struct DivisionRecord {
 }
 
 impl DivisionRecord {
+    /// The assignment mode as the domain type.
+    pub fn mode(&self) -> Option<domain::division::AssignmentMode> {
+        serde_json::from_value(serde_json::Value::String(self.assignment_mode.clone())).ok()
+    }
+
+    /// The assignment algorithm as the domain type.
+    pub fn algorithm(&self) -> Option<domain::division::AssignmentAlgorithm> {
+        serde_json::from_value(serde_json::Value::String(self.algorithm.clone())).ok()
+    }
+
     /// The routing words.
     pub fn keywords(&self) -> Vec<String> {
         serde_json::from_str(&self.keywords).unwrap_or_default()

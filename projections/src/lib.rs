@@ -10,7 +10,10 @@
 //! - [`runner`]: the projection runner — reads the log from a per-projection checkpoint and
 //!   writes rows and the new checkpoint in one transaction (no event skipped, none applied
 //!   twice), wakes on new events, and lets commands wait until their events are visible.
-//! - [`tickets`], [`queue`], [`divisions`], [`agents`]: the read models and their queries.
+//! - [`tickets`], [`queue`], [`divisions`], [`agents`], [`queue_settings`]: the read models
+//!   and their queries (the workload view and an agent's own queue among them).
+//! - [`lease`]: which replica runs each projector and the assignment process (PostgreSQL
+//!   advisory locks held on a dedicated connection; released the moment a replica dies).
 //! - [`telemetry`]: counters and histograms exported at `/metrics`.
 
 pub mod agents;
@@ -18,7 +21,9 @@ pub mod db;
 pub mod divisions;
 pub mod event_log;
 pub mod event_store;
+pub mod lease;
 pub mod queue;
+pub mod queue_settings;
 pub mod runner;
 pub mod telemetry;
 pub mod tickets;

@@ -139,3 +139,42 @@ pub async fn page(
         total_count,
     })
 }
+
+/// The divisions of `organization` with tickets waiting (`""`: tickets without a division).
+pub async fn waiting_divisions(db: &Database, organization: &str) -> Result<Vec<String>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_scalar(
+        "SELECT DISTINCT division_key FROM queue_entries WHERE organization_id = $1"
+    )
+    .bind(organization)
+    .fetch_all(pool)
+    .await?))
+}
+
+/// The organizations with tickets waiting anywhere.
+pub async fn waiting_organizations(db: &Database) -> Result<Vec<String>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_scalar(
+        "SELECT DISTINCT organization_id FROM queue_entries"
+    )
+    .fetch_all(pool)
+    .await?))
+}
+
+/// The first `limit` tickets of a queue in order, with the ticket version each was read at
+/// (what a slot reservation names).
+pub async fn heads(
+    db: &Database,
+    organization: &str,
+    division_key: &str,
+    limit: i64,
+) -> Result<Vec<(String, i64)>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as(
+        "SELECT q.ticket_id, t.version FROM queue_entries q JOIN tickets t ON t.id = q.ticket_id
+          WHERE q.organization_id = $1 AND q.division_key = $2
+          ORDER BY q.priority_rank, q.waiting_since, q.number LIMIT $3"
+    )
+    .bind(organization)
+    .bind(division_key)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?))
+}

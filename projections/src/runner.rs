@@ -17,11 +17,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Backend, Database, DbError, Tx};
 use crate::event_log::{self, Checkpoint, StoredEvent};
+use crate::lease::Leases;
 use crate::on_backend;
 use crate::telemetry::{label, CounterFamily, HistogramFamily};
 
@@ -43,21 +44,29 @@ pub trait Projection: Send + Sync + 'static {
 /// How many events a runner applies per transaction.
 pub const BATCH_SIZE: i64 = 500;
 
-/// Rings whenever events are committed, so idle runners wake at once instead of polling.
+/// Rings whenever events are committed, so idle runners wake at once instead of polling;
+/// and tells where projections run by other replicas stand.
 #[derive(Debug, Clone)]
 pub struct LogSignal {
     sender: Arc<watch::Sender<u64>>,
+    checkpoints: broadcast::Sender<(String, Checkpoint)>,
 }
 
 impl Default for LogSignal {
     fn default() -> Self {
         Self {
             sender: Arc::new(watch::channel(0).0),
+            checkpoints: broadcast::channel(1024).0,
         }
     }
 }
 
 impl LogSignal {
+    /// Checkpoint moves announced by any replica (PostgreSQL only).
+    pub fn checkpoints(&self) -> broadcast::Receiver<(String, Checkpoint)> {
+        self.checkpoints.subscribe()
+    }
+
     /// Says that new events were committed.
     pub fn ring(&self) {
         self.sender.send_modify(|n| *n = n.wrapping_add(1));
@@ -69,8 +78,9 @@ impl LogSignal {
     }
 
     /// On PostgreSQL, rings on every `helpdesk_events` notification (sent by a trigger when
-    /// any replica commits events). Reconnects on failure; polling covers the gaps. Returns
-    /// the listening task (none on SQLite), to be awaited before the pool is closed.
+    /// any replica commits events) and passes on every `helpdesk_checkpoints` notification
+    /// (a projection's checkpoint moved). Reconnects on failure; polling covers the gaps.
+    /// Returns the listening task (none on SQLite), to be awaited before the pool is closed.
     pub fn listen_to_postgres(
         &self,
         db: &Database,
@@ -85,10 +95,18 @@ impl LogSignal {
             loop {
                 let listened = async {
                     let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
-                    listener.listen("helpdesk_events").await?;
+                    listener
+                        .listen_all(["helpdesk_events", "helpdesk_checkpoints"])
+                        .await?;
                     loop {
-                        listener.recv().await?;
-                        signal.ring();
+                        let notification = listener.recv().await?;
+                        if notification.channel() == "helpdesk_checkpoints" {
+                            if let Some(moved) = parse_checkpoint_notice(notification.payload()) {
+                                let _ = signal.checkpoints.send(moved);
+                            }
+                        } else {
+                            signal.ring();
+                        }
                     }
                     #[allow(unreachable_code)]
                     Ok::<(), sqlx::Error>(())
@@ -108,6 +126,15 @@ impl LogSignal {
             }
         }))
     }
+}
+
+/// Reads "name tx_id position".
+fn parse_checkpoint_notice(payload: &str) -> Option<(String, Checkpoint)> {
+    let mut parts = payload.split(' ');
+    let name = parts.next()?.to_string();
+    let tx_id = parts.next()?.parse().ok()?;
+    let position = parts.next()?.parse().ok()?;
+    Some((name, Checkpoint { tx_id, position }))
 }
 
 /// Figures the runners report, exported at `/metrics`.
@@ -221,10 +248,13 @@ impl ProjectionRunners {
         }
     }
 
-    /// Starts one task per projection; they stop when `shutdown` is cancelled. Returns
-    /// where each stands, for read-your-writes waits.
+    /// Starts one task per projection; they stop when `shutdown` is cancelled. A task applies
+    /// events while this process holds its projection's lease and otherwise follows the
+    /// checkpoint that the holder moves. Returns where each stands, for read-your-writes
+    /// waits.
     pub async fn start(
         self,
+        leases: &Leases,
         shutdown: CancellationToken,
     ) -> Result<(ProjectionProgress, Vec<tokio::task::JoinHandle<()>>), DbError> {
         let mut progress = ProjectionProgress::default();
@@ -243,7 +273,14 @@ impl ProjectionRunners {
                 options: self.options.clone(),
             };
             let wake = self.signal.subscribe();
-            tasks.push(tokio::spawn(runner.run(wake, shutdown.clone())));
+            let lease = leases.watch(runner.projection.name());
+            let followed = self.signal.checkpoints();
+            tasks.push(tokio::spawn(runner.lead_or_follow(
+                lease,
+                followed,
+                wake,
+                shutdown.clone(),
+            )));
         }
         Ok((progress, tasks))
     }
@@ -261,11 +298,74 @@ struct Runner {
 /// notifications, the PostgreSQL fence held by a transaction that wrote no events).
 const IDLE_POLL: Duration = Duration::from_millis(250);
 
+/// How often a runner that follows another replica reads the stored checkpoint, in case a
+/// notification was missed.
+const FOLLOWER_POLL: Duration = Duration::from_secs(1);
+
 /// How long after a ring a runner keeps looking for events hidden behind the fence.
 const FENCE_PATIENCE: Duration = Duration::from_millis(500);
 
 impl Runner {
-    async fn run(self, mut wake: watch::Receiver<u64>, shutdown: CancellationToken) {
+    /// Applies events while the lease is held; otherwise follows the holder's checkpoint.
+    async fn lead_or_follow(
+        self,
+        mut lease: watch::Receiver<bool>,
+        mut followed: broadcast::Receiver<(String, Checkpoint)>,
+        mut wake: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        let name = self.projection.name();
+        loop {
+            while !*lease.borrow_and_update() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = lease.changed() => {}
+                    notice = followed.recv() => match notice {
+                        Ok((projection, checkpoint)) if projection == name => {
+                            self.progress.send_replace(checkpoint);
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => self.reload().await,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = lease.changed() => {}
+                            }
+                        }
+                    },
+                    // Notifications can be missed while the listener reconnects.
+                    _ = tokio::time::sleep(FOLLOWER_POLL) => self.reload().await,
+                }
+            }
+            tracing::info!(projection = name, "running the projector here");
+            // The previous holder may have moved the checkpoint: start from what is stored.
+            self.reload().await;
+            self.run(&mut lease, &mut wake, &shutdown).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tracing::info!(projection = name, "lease lost; following the new holder");
+        }
+    }
+
+    async fn reload(&self) {
+        match load_checkpoint(&self.db, self.projection.name()).await {
+            Ok(stored) => {
+                self.progress.send_replace(stored);
+            }
+            Err(error) => {
+                tracing::warn!(projection = self.projection.name(), %error, "cannot reload checkpoint")
+            }
+        }
+    }
+
+    /// Applies batches until shutdown or until the lease is lost.
+    async fn run(
+        &self,
+        lease: &mut watch::Receiver<bool>,
+        wake: &mut watch::Receiver<u64>,
+        shutdown: &CancellationToken,
+    ) {
         let name = self.projection.name();
         let mut cursor = Cursor::at(*self.progress.borrow());
         let mut failures = 0u32;
@@ -275,6 +375,9 @@ impl Runner {
         let mut look_again_until: Option<tokio::time::Instant> = None;
         let mut fence_retries = 0u32;
         loop {
+            if !*lease.borrow() {
+                break;
+            }
             let step = batch(
                 &self.db,
                 self.projection.as_ref(),
@@ -315,6 +418,7 @@ impl Runner {
                     };
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
+                        _ = lease.changed() => {}
                         _ = wake.changed() => {
                             look_again_until = Some(tokio::time::Instant::now() + FENCE_PATIENCE);
                             fence_retries = 0;

@@ -33,7 +33,12 @@ impl Projection for TicketsProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["tickets", "ticket_comments", "queue_entries"]
+        &[
+            "tickets",
+            "ticket_comments",
+            "queue_entries",
+            "agent_assignments",
+        ]
     }
 
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
@@ -57,8 +62,8 @@ impl Projection for TicketsProjection {
                     sqlx::query(
                         "INSERT INTO tickets (id, organization_id, number, subject, description,
                             status, priority, division_id, created_by, created_at, updated_at, version,
-                            search_text)
-                         VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, $9, $10, $11)",
+                            search_text, queued_since)
+                         VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, $9, $10, $11, $9)",
                     )
                     .bind(id)
                     .bind(&organization)
@@ -73,20 +78,8 @@ impl Projection for TicketsProjection {
                     .bind(search_text(&subject, description.as_deref()))
                     .execute(&mut **t)
                     .await?;
-                    sqlx::query(
-                        "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
-                            priority_rank, waiting_since, number)
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(id)
-                    .bind(&organization)
-                    .bind(division_id.as_deref().unwrap_or(NO_DIVISION))
-                    .bind(priority.queue_rank())
-                    .bind(&at)
-                    .bind(number)
-                    .execute(&mut **t)
-                    .await?;
                 });
+                join_queue(tx, id).await?;
             }
             TicketEvent::TicketAssigned { agent_id, .. } => {
                 update(
@@ -94,11 +87,26 @@ impl Projection for TicketsProjection {
                     "status = 'ASSIGNED', assignee_id = $3, assigned_at = $4",
                     id,
                     version,
-                    &[Bind::Text(agent_id), Bind::Text(at.clone())],
+                    &[Bind::Text(agent_id.clone()), Bind::Text(at.clone())],
                     &at,
                 )
                 .await?;
                 leave_queue(tx, id).await?;
+                on_backend!(tx, |t| {
+                    sqlx::query(
+                        "INSERT INTO agent_assignments (agent_id, organization_id,
+                            last_assigned_at, assigned_total)
+                         SELECT $1, organization_id, $2, 1 FROM tickets WHERE id = $3
+                         ON CONFLICT (agent_id) DO UPDATE
+                            SET last_assigned_at = excluded.last_assigned_at,
+                                assigned_total = agent_assignments.assigned_total + 1",
+                    )
+                    .bind(&agent_id)
+                    .bind(&at)
+                    .bind(id)
+                    .execute(&mut **t)
+                    .await?;
+                });
             }
             TicketEvent::TicketStarted { .. } => {
                 update(tx, "status = 'IN_PROGRESS'", id, version, &[], &at).await?;
@@ -130,46 +138,32 @@ impl Projection for TicketsProjection {
                 leave_queue(tx, id).await?;
             }
             TicketEvent::TicketReopened { .. } => {
+                // Back in the queue, behind those already waiting, at its current priority.
                 update(
                     tx,
                     "status = 'QUEUED', assignee_id = NULL, assigned_at = NULL, resolved_at = NULL,
-                     closed_at = NULL, resolution = NULL, rating = NULL, feedback = NULL",
+                     closed_at = NULL, resolution = NULL, rating = NULL, feedback = NULL,
+                     queued_since = $3",
+                    id,
+                    version,
+                    &[Bind::Text(at.clone())],
+                    &at,
+                )
+                .await?;
+                join_queue(tx, id).await?;
+            }
+            TicketEvent::TicketRequeued { .. } => {
+                // Back at the place it had before it was assigned (its `queued_since`).
+                update(
+                    tx,
+                    "status = 'QUEUED', assignee_id = NULL, assigned_at = NULL",
                     id,
                     version,
                     &[],
                     &at,
                 )
                 .await?;
-                // Back in the queue, behind those already waiting, at its current priority.
-                let (organization, division_id, priority, number): (
-                    String,
-                    Option<String>,
-                    String,
-                    i64,
-                ) = on_backend!(tx, |t| {
-                    sqlx::query_as(
-                    "SELECT organization_id, division_id, priority, number FROM tickets WHERE id = $1"
-                )
-                .bind(id)
-                .fetch_one(&mut **t)
-                .await?
-                });
-                let priority: Priority = priority.parse().map_err(DbError::Corrupt)?;
-                on_backend!(tx, |t| {
-                    sqlx::query(
-                        "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
-                            priority_rank, waiting_since, number)
-                         VALUES ($1, $2, $3, $4, $5, $6)",
-                    )
-                    .bind(id)
-                    .bind(&organization)
-                    .bind(division_id.as_deref().unwrap_or(NO_DIVISION))
-                    .bind(priority.queue_rank())
-                    .bind(&at)
-                    .bind(number)
-                    .execute(&mut **t)
-                    .await?;
-                });
+                join_queue(tx, id).await?;
             }
             TicketEvent::TicketPriorityChanged { to, .. } => {
                 update(
@@ -267,6 +261,44 @@ async fn update(
     Ok(())
 }
 
+/// Puts the ticket in its division's queue at its priority, waiting since its
+/// `queued_since`.
+async fn join_queue(tx: &mut Tx, id: &str) -> Result<(), DbError> {
+    let (organization, division_id, priority, number, queued_since): (
+        String,
+        Option<String>,
+        String,
+        i64,
+        String,
+    ) = on_backend!(tx, |t| {
+        sqlx::query_as(
+            "SELECT organization_id, division_id, priority, number,
+                    COALESCE(queued_since, created_at)
+               FROM tickets WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&mut **t)
+        .await?
+    });
+    let priority: Priority = priority.parse().map_err(DbError::Corrupt)?;
+    on_backend!(tx, |t| {
+        sqlx::query(
+            "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
+                priority_rank, waiting_since, number)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(&organization)
+        .bind(division_id.as_deref().unwrap_or(NO_DIVISION))
+        .bind(priority.queue_rank())
+        .bind(&queued_since)
+        .bind(number)
+        .execute(&mut **t)
+        .await?;
+    });
+    Ok(())
+}
+
 async fn leave_queue(tx: &mut Tx, id: &str) -> Result<(), DbError> {
     on_backend!(tx, |t| {
         sqlx::query("DELETE FROM queue_entries WHERE ticket_id = $1")
@@ -356,6 +388,43 @@ pub async fn ticket(
     .bind(id)
     .bind(organization)
     .fetch_optional(pool)
+    .await?))
+}
+
+/// The active tickets of an agent in the order they should be worked on: in progress first,
+/// then assigned, the oldest first.
+pub async fn agent_queue(
+    db: &Database,
+    organization: &str,
+    agent_id: &str,
+) -> Result<Vec<TicketRecord>, DbError> {
+    let sql = format!(
+        "SELECT {TICKET_COLUMNS} FROM tickets
+          WHERE organization_id = $1 AND assignee_id = $2 AND status IN ('IN_PROGRESS', 'ASSIGNED')
+          ORDER BY CASE status WHEN 'IN_PROGRESS' THEN 0 ELSE 1 END, created_at, number"
+    );
+    Ok(on_backend!(db, |pool| sqlx::query_as::<_, TicketRecord>(
+        &sql
+    )
+    .bind(organization)
+    .bind(agent_id)
+    .fetch_all(pool)
+    .await?))
+}
+
+/// Tickets of `organization` that are assigned (not started) to agents who are offline:
+/// `(ticket id, agent id)`.
+pub async fn assigned_to_offline_agents(
+    db: &Database,
+    organization: &str,
+) -> Result<Vec<(String, String)>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as(
+        "SELECT t.id, t.assignee_id FROM tickets t JOIN agents a ON a.id = t.assignee_id
+          WHERE t.organization_id = $1 AND t.status = 'ASSIGNED' AND a.online = $2"
+    )
+    .bind(organization)
+    .bind(false)
+    .fetch_all(pool)
     .await?))
 }
 

@@ -306,6 +306,20 @@ impl Server {
         .await;
     }
 
+    /// Registers agents with the given ids (their names are the ids too) in the organization
+    /// of the admin `token`; panics on errors. Claims and assignments need registered agents
+    /// (their capacity lives in the agent's slot ledger).
+    pub async fn register_agents(&self, token: &str, ids: &[&str]) {
+        for id in ids {
+            self.data(
+                token,
+                "mutation($id: ID!) { registerAgent(input: {id: $id, name: $id}) { id } }",
+                json!({ "id": id }),
+            )
+            .await;
+        }
+    }
+
     /// Creates a division named `name` and returns its id; panics on errors.
     pub async fn create_division(&self, token: &str, name: &str) -> String {
         self.data(

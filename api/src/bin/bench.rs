@@ -64,6 +64,7 @@ use chrono::Utc;
 use clap::{Parser, ValueEnum};
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::CqrsFramework;
+use domain::agent::AgentAction;
 use domain::metadata::EventMetadata;
 use domain::ticket::{Ticket, TicketAction, TicketCommand};
 use domain::{Actor, PriorityKeywords, Role};
@@ -280,6 +281,26 @@ async fn measure_helpdesk(
     let (helpdesk, tasks) = Helpdesk::start(&config, shutdown.clone())
         .await
         .with_context(|| format!("starting the helpdesk on {}", redact(url)))?;
+    // The agents tickets are assigned to, offline so that the assignment process leaves the
+    // admin's assignments to the admin.
+    for n in 0..AGENTS {
+        let registered = helpdesk
+            .on_agent(
+                &admin(),
+                "bench-setup",
+                &format!("bench-agent-{n}"),
+                AgentAction::Register {
+                    name: format!("Bench agent {n}"),
+                    max_tickets: domain::agent::MAX_MAX_TICKETS,
+                    division_ids: vec![],
+                },
+            )
+            .await;
+        match registered {
+            Ok(_) | Err(ApiError::Conflict(_)) => {}
+            Err(e) => return Err(failed("registerAgent", &e)),
+        }
+    }
     let driven = drive(
         name,
         Arc::new(Driver::Helpdesk(helpdesk.clone())),
@@ -446,13 +467,24 @@ impl Driver {
         }
     }
 
-    /// The admin gives ticket `i` to its agent.
+    /// The admin gives ticket `i` to its agent (through the slot saga on the helpdesk).
     async fn assign(&self, i: u64, id: &str) -> anyhow::Result<()> {
-        let action = TicketAction::Assign {
-            agent_id: agent_of(i).actor.id,
-        };
-        self.on_ticket(&admin(), &format!("bench-{i}-assign"), id, action)
-            .await
+        let request_id = format!("bench-{i}-assign");
+        let agent_id = agent_of(i).actor.id;
+        match self {
+            Driver::Helpdesk(helpdesk) => helpdesk
+                .assign_ticket(&admin(), &request_id, id, Some(agent_id))
+                .await
+                .map(|_| ())
+                .map_err(|e| failed("assignTicket", &e)),
+            Driver::Baseline(baseline) => {
+                let action = TicketAction::Assign {
+                    agent_id,
+                    reservation: 1,
+                };
+                baseline.execute(&admin(), &request_id, id, action).await
+            }
+        }
     }
 
     /// The assigned agent resolves ticket `i`.

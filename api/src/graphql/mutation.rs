@@ -2,7 +2,9 @@
 //! projections once they show the change (read-your-writes).
 
 use async_graphql::{Context, InputObject, Object, ID};
-use domain::division::DivisionProfile;
+use domain::agent::AgentAction;
+use domain::division::{DivisionChanges, DivisionProfile};
+use domain::queue_settings::QueueSettingsChanges;
 use domain::limits::{within, MAX_NAME_CHARS};
 use domain::ticket::TicketAction;
 use domain::Role;
@@ -10,7 +12,7 @@ use projections::tickets::CommentRecord;
 
 use super::types::{
     Agent, AssignmentAlgorithm, AssignmentMode, BulkItemResult, BulkResult, Comment, Division,
-    Priority, Ticket,
+    OfflinePolicy, Priority, QueueSettings, Ticket,
 };
 use super::{caller_in, helpdesk, parse_uuid, request_id};
 use crate::auth::Caller;
@@ -52,6 +54,9 @@ pub struct CreateDivisionInput {
 /// The contract's `registerAgent` input.
 #[derive(InputObject)]
 pub struct RegisterAgentInput {
+    /// The agent's id, the `sub` of their tokens (e.g. their id in your identity provider);
+    /// omitted -> a new UUID. An id already registered is a `CONFLICT`.
+    pub id: Option<ID>,
     /// Display name.
     pub name: String,
     /// Active tickets the agent may hold (default 5).
@@ -60,7 +65,82 @@ pub struct RegisterAgentInput {
     pub division_ids: Option<Vec<ID>>,
 }
 
+/// The contract's `updateQueueSettings` input; omitted fields stay as they are.
+#[derive(InputObject)]
+pub struct QueueSettingsInput {
+    /// Queue mode on or off.
+    pub enabled: Option<bool>,
+    /// The first line of the division menu.
+    pub welcome_message: Option<String>,
+    /// Sent when a customer joins a queue; `{division}`, `{queue_number}`.
+    pub queue_message_template: Option<String>,
+    /// What a customer writes to ask for their place (at most 10 characters).
+    pub check_queue_keyword: Option<String>,
+    /// The answer to the check keyword.
+    pub queue_position_message: Option<String>,
+    /// Sent when no agent is online.
+    pub no_agent_available_message: Option<String>,
+    /// KEEP or REQUEUE.
+    pub offline_policy: Option<OfflinePolicy>,
+    /// 0 (never) to 604800.
+    pub escalation_after_seconds: Option<i64>,
+}
+
+/// `updateDivision` input; omitted fields stay as they are.
+#[derive(InputObject)]
+pub struct UpdateDivisionInput {
+    /// Shown in the menu.
+    pub name: Option<String>,
+    /// Shown under the name.
+    pub description: Option<String>,
+    /// Words that route customers here.
+    pub keywords: Option<Vec<String>>,
+    /// Place in the menu (1-based).
+    pub position: Option<i64>,
+    /// AUTO or CLAIM.
+    pub assignment_mode: Option<AssignmentMode>,
+    /// ROUND_ROBIN, LEAST_LOADED or RANDOM.
+    pub algorithm: Option<AssignmentAlgorithm>,
+    /// Typical handling time.
+    pub avg_handling_minutes: Option<i64>,
+}
+
 const WRITERS: &[Role] = &[Role::Admin, Role::Agent];
+
+/// Sets the calling agent's own presence: agents change only their own.
+async fn presence(ctx: &Context<'_>, action: AgentAction) -> async_graphql::Result<Agent> {
+    let caller = caller_in(ctx, &[Role::Agent], "change their presence")?;
+    let agent_id = caller.actor.id.clone();
+    agent_command(ctx, caller, &agent_id, action).await
+}
+
+/// An admin's command on an agent.
+async fn on_agent(
+    ctx: &Context<'_>,
+    what: &str,
+    agent_id: &str,
+    action: AgentAction,
+) -> async_graphql::Result<Agent> {
+    let caller = caller_in(ctx, &[Role::Admin], what)?;
+    agent_command(ctx, caller, agent_id, action).await
+}
+
+async fn agent_command(
+    ctx: &Context<'_>,
+    caller: &Caller,
+    agent_id: &str,
+    action: AgentAction,
+) -> async_graphql::Result<Agent> {
+    let helpdesk = helpdesk(ctx)?;
+    helpdesk
+        .on_agent(caller, &request_id(ctx), agent_id, action)
+        .await?;
+    let record = projections::agents::agent(&helpdesk.db, &caller.organization, agent_id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::NotFound("agent not found".into()))?;
+    Ok(Agent::from(record))
+}
 
 /// The write side.
 pub struct Mutation;
@@ -134,16 +214,15 @@ impl Mutation {
         Ok(Ticket::from_record(visible.unwrap_or(created))?)
     }
 
-    /// The calling agent takes a queued ticket.
+    /// The calling agent takes a queued ticket (within their divisions and capacity).
     async fn claim_ticket(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Ticket> {
-        act(
-            ctx,
-            &[Role::Agent],
-            "claim tickets",
-            &id,
-            TicketAction::Claim,
-        )
-        .await
+        let caller = caller_in(ctx, &[Role::Agent], "claim tickets")?;
+        let helpdesk = helpdesk(ctx)?;
+        let id = parse_uuid(&id, "ticket")?;
+        helpdesk
+            .assign_ticket(caller, &request_id(ctx), &id, None)
+            .await?;
+        Ok(ticket_after(helpdesk, caller, &id).await?)
     }
 
     /// An admin gives a ticket to an agent (reassigns an assigned one).
@@ -153,15 +232,14 @@ impl Mutation {
         id: ID,
         agent_id: ID,
     ) -> async_graphql::Result<Ticket> {
+        let caller = caller_in(ctx, &[Role::Admin], "assign tickets")?;
+        let helpdesk = helpdesk(ctx)?;
         let agent_id = self::agent_id(&agent_id)?;
-        act(
-            ctx,
-            &[Role::Admin],
-            "assign tickets",
-            &id,
-            TicketAction::Assign { agent_id },
-        )
-        .await
+        let id = parse_uuid(&id, "ticket")?;
+        helpdesk
+            .assign_ticket(caller, &request_id(ctx), &id, Some(agent_id))
+            .await?;
+        Ok(ticket_after(helpdesk, caller, &id).await?)
     }
 
     /// The assignee starts working.
@@ -295,10 +373,7 @@ impl Mutation {
         agent_id: ID,
     ) -> async_graphql::Result<BulkResult> {
         let agent_id = self::agent_id(&agent_id)?;
-        bulk(ctx, "assign tickets", ids, |_| TicketAction::Assign {
-            agent_id: agent_id.clone(),
-        })
-        .await
+        bulk(ctx, "assign tickets", ids, BulkAction::Assign(agent_id)).await
     }
 
     /// Changes the priority of many tickets; each item succeeds or fails on its own.
@@ -308,11 +383,12 @@ impl Mutation {
         ids: Vec<ID>,
         priority: Priority,
     ) -> async_graphql::Result<BulkResult> {
-        bulk(ctx, "change priorities in bulk", ids, |_| {
-            TicketAction::ChangePriority {
-                priority: priority.into(),
-            }
-        })
+        bulk(
+            ctx,
+            "change priorities in bulk",
+            ids,
+            BulkAction::Priority(priority.into()),
+        )
         .await
     }
 
@@ -330,10 +406,12 @@ impl Mutation {
             .iter()
             .map(|d| parse_uuid(d, "division"))
             .collect::<ApiResult<Vec<_>>>()?;
+        let chosen_id = input.id.as_ref().map(agent_id).transpose()?;
         let id = helpdesk
             .register_agent(
                 caller,
                 &request_id(ctx),
+                chosen_id,
                 input.name,
                 input
                     .max_tickets
@@ -374,16 +452,128 @@ impl Mutation {
             .ok_or_else(|| ApiError::internal("division recorded but not visible yet"))?;
         Ok(Division::from_record(record)?)
     }
+
+    /// The calling agent starts taking tickets.
+    async fn go_online(&self, ctx: &Context<'_>) -> async_graphql::Result<Agent> {
+        presence(ctx, AgentAction::GoOnline).await
+    }
+
+    /// The calling agent stops taking new tickets (what happens to their tickets follows
+    /// the organization's offline policy).
+    async fn go_offline(&self, ctx: &Context<'_>) -> async_graphql::Result<Agent> {
+        presence(ctx, AgentAction::GoOffline).await
+    }
+
+    /// Changes how many active tickets an agent may hold (admin). Raising it lets queued
+    /// tickets flow to the agent at once; lowering it never takes tickets away.
+    async fn set_agent_capacity(
+        &self,
+        ctx: &Context<'_>,
+        agent_id: ID,
+        max_tickets: i64,
+    ) -> async_graphql::Result<Agent> {
+        let agent_id = self::agent_id(&agent_id)?;
+        on_agent(
+            ctx,
+            "change agents' capacity",
+            &agent_id,
+            AgentAction::SetCapacity { max_tickets },
+        )
+        .await
+    }
+
+    /// Changes the divisions an agent serves (admin).
+    async fn set_agent_divisions(
+        &self,
+        ctx: &Context<'_>,
+        agent_id: ID,
+        division_ids: Vec<ID>,
+    ) -> async_graphql::Result<Agent> {
+        let agent_id = self::agent_id(&agent_id)?;
+        let division_ids = division_ids
+            .iter()
+            .map(|d| parse_uuid(d, "division"))
+            .collect::<ApiResult<Vec<_>>>()?;
+        on_agent(
+            ctx,
+            "change agents' divisions",
+            &agent_id,
+            AgentAction::SetDivisions { division_ids },
+        )
+        .await
+    }
+
+    /// Changes a division's settings (admin); omitted fields stay as they are.
+    async fn update_division(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+        input: UpdateDivisionInput,
+    ) -> async_graphql::Result<Division> {
+        let caller = caller_in(ctx, &[Role::Admin], "change divisions")?;
+        let helpdesk = helpdesk(ctx)?;
+        let id = parse_uuid(&id, "division")?;
+        let changes = DivisionChanges {
+            name: input.name,
+            description: input.description.map(Some),
+            keywords: input.keywords,
+            position: input.position.map(Some),
+            assignment_mode: input.assignment_mode.map(Into::into),
+            algorithm: input.algorithm.map(Into::into),
+            avg_handling_minutes: input.avg_handling_minutes,
+        };
+        helpdesk
+            .update_division(caller, &request_id(ctx), &id, changes)
+            .await?;
+        let record = projections::divisions::division(&helpdesk.db, &caller.organization, &id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound("division not found".into()))?;
+        Ok(Division::from_record(record)?)
+    }
+
+    /// Changes the organization's queue texts and policies (admin); omitted fields stay.
+    async fn update_queue_settings(
+        &self,
+        ctx: &Context<'_>,
+        input: QueueSettingsInput,
+    ) -> async_graphql::Result<QueueSettings> {
+        let caller = caller_in(ctx, &[Role::Admin], "change queue settings")?;
+        let helpdesk = helpdesk(ctx)?;
+        let changes = QueueSettingsChanges {
+            enabled: input.enabled,
+            welcome_message: input.welcome_message,
+            queue_message_template: input.queue_message_template,
+            check_queue_keyword: input.check_queue_keyword,
+            queue_position_message: input.queue_position_message,
+            no_agent_available_message: input.no_agent_available_message,
+            offline_policy: input.offline_policy.map(Into::into),
+            escalation_after_seconds: input.escalation_after_seconds,
+        };
+        helpdesk
+            .update_queue_settings(caller, &request_id(ctx), changes)
+            .await?;
+        let settings = projections::queue_settings::settings(&helpdesk.db, &caller.organization)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(settings.into())
+    }
 }
 
 /// Most items one bulk call may carry.
 const MAX_BULK: usize = 500;
 
+/// What a bulk call does to each ticket.
+enum BulkAction {
+    Assign(String),
+    Priority(domain::Priority),
+}
+
 async fn bulk(
     ctx: &Context<'_>,
     what: &str,
     ids: Vec<ID>,
-    action: impl Fn(&str) -> TicketAction,
+    action: BulkAction,
 ) -> async_graphql::Result<BulkResult> {
     let caller = caller_in(ctx, &[Role::Admin], what)?;
     let helpdesk = helpdesk(ctx)?;
@@ -394,11 +584,25 @@ async fn bulk(
     let mut results = Vec::with_capacity(ids.len());
     for id in ids {
         let outcome = match parse_uuid(&id, "ticket") {
-            Ok(ticket_id) => {
-                helpdesk
-                    .on_ticket(caller, &request_id, &ticket_id, action(&ticket_id))
-                    .await
-            }
+            Ok(ticket_id) => match &action {
+                BulkAction::Assign(agent_id) => {
+                    helpdesk
+                        .assign_ticket(caller, &request_id, &ticket_id, Some(agent_id.clone()))
+                        .await
+                }
+                BulkAction::Priority(priority) => {
+                    helpdesk
+                        .on_ticket(
+                            caller,
+                            &request_id,
+                            &ticket_id,
+                            TicketAction::ChangePriority {
+                                priority: *priority,
+                            },
+                        )
+                        .await
+                }
+            },
             Err(e) => Err(e),
         };
         results.push(BulkItemResult {

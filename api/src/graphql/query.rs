@@ -5,10 +5,11 @@ use projections::tickets::TicketFilter as TicketFilterRecord;
 
 use super::types::{
     estimated_wait_seconds, parse_queue_cursor, parse_ticket_cursor, queue_cursor, ticket_cursor,
-    Agent, Division, Priority, QueueConnection, QueueEdge, QueueEntry, Ticket, TicketConnection,
-    TicketEdge, TicketStatus,
+    Agent, AgentWorkload, Division, MyQueue, Priority, QueueConnection, QueueEdge, QueueEntry,
+    QueueSettings, Ticket, TicketConnection, TicketEdge, TicketStatus,
 };
-use super::{caller, helpdesk, page_size, parse_uuid};
+use super::{caller, caller_in, helpdesk, page_size, parse_uuid};
+use domain::Role;
 use crate::error::{ApiError, ApiResult};
 
 /// The contract's `TicketFilter`.
@@ -202,5 +203,74 @@ impl Query {
             .into_iter()
             .map(Division::from_record)
             .collect::<ApiResult<_>>()?)
+    }
+
+    /// The organization's queue texts and policies (the seed's defaults until changed).
+    async fn queue_settings(&self, ctx: &Context<'_>) -> async_graphql::Result<QueueSettings> {
+        let caller = caller(ctx)?;
+        let settings =
+            projections::queue_settings::settings(&helpdesk(ctx)?.db, &caller.organization)
+                .await
+                .map_err(ApiError::from)?;
+        Ok(settings.into())
+    }
+
+    /// Every agent's load (admin); only the agents of `divisionId` when it is given.
+    async fn workload(
+        &self,
+        ctx: &Context<'_>,
+        division_id: Option<ID>,
+    ) -> async_graphql::Result<Vec<AgentWorkload>> {
+        let caller = caller_in(ctx, &[Role::Admin], "see the workload of agents")?;
+        let helpdesk = helpdesk(ctx)?;
+        let division_id = division_id
+            .map(|d| parse_uuid(&d, "division"))
+            .transpose()?;
+        if let Some(division) = &division_id {
+            projections::divisions::division(&helpdesk.db, &caller.organization, division)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::NotFound("division not found".into()))?;
+        }
+        let rows = projections::agents::workload(
+            &helpdesk.db,
+            &caller.organization,
+            division_id.as_deref(),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        Ok(rows
+            .into_iter()
+            .map(AgentWorkload::from_record)
+            .collect::<ApiResult<_>>()?)
+    }
+
+    /// The calling agent's active tickets in working order, and their free slots.
+    async fn my_queue(&self, ctx: &Context<'_>) -> async_graphql::Result<MyQueue> {
+        let caller = caller_in(ctx, &[Role::Agent], "have a queue of their own")?;
+        let helpdesk = helpdesk(ctx)?;
+        let agent =
+            projections::agents::agent(&helpdesk.db, &caller.organization, &caller.actor.id)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::NotFound("agent not found".into()))?;
+        let tickets = projections::tickets::agent_queue(
+            &helpdesk.db,
+            &caller.organization,
+            &caller.actor.id,
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let active_count = tickets.len() as i64;
+        Ok(MyQueue {
+            tickets: tickets
+                .into_iter()
+                .map(Ticket::from_record)
+                .collect::<ApiResult<_>>()?,
+            active_count,
+            max_tickets: agent.max_tickets,
+            slots_available: (agent.max_tickets - active_count).max(0),
+            online: agent.online,
+        })
     }
 }

@@ -457,3 +457,99 @@ mod tests {
         assert!(parse_queue_cursor(&ticket_cursor(1)).is_err());
     }
 }
+
+/// What happens to an agent's tickets when the agent goes offline.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "domain::queue_settings::OfflinePolicy")]
+pub enum OfflinePolicy {
+    /// The tickets stay with the agent.
+    Keep,
+    /// Assigned, not started tickets return to their queue at their original place.
+    Requeue,
+}
+
+/// An agent's load, as the admin workload view shows it.
+#[derive(SimpleObject)]
+pub struct AgentWorkload {
+    /// The agent.
+    pub agent: Agent,
+    /// Whether the agent is online.
+    pub online: bool,
+    /// Tickets ASSIGNED or IN_PROGRESS with the agent.
+    pub active_tickets: i64,
+    /// The agent's capacity.
+    pub max_tickets: i64,
+    /// Online with a free slot: would get the next ticket of their divisions' AUTO queues.
+    pub eligible: bool,
+    /// When the agent was last given a ticket.
+    pub last_assigned_at: Option<DateTime<Utc>>,
+    /// Free slots (`maxTickets - activeTickets`, never below 0).
+    pub slots_available: i64,
+}
+
+impl AgentWorkload {
+    /// Builds the view from its read-model row.
+    pub fn from_record(record: projections::agents::AgentWorkload) -> ApiResult<Self> {
+        let eligible = record.has_free_slot();
+        Ok(Self {
+            online: record.agent.online,
+            active_tickets: record.active_tickets,
+            max_tickets: record.agent.max_tickets,
+            slots_available: (record.agent.max_tickets - record.active_tickets).max(0),
+            last_assigned_at: optional_time(&record.last_assigned_at)?,
+            eligible,
+            agent: Agent::from(record.agent),
+        })
+    }
+}
+
+/// The calling agent's own queue.
+#[derive(SimpleObject)]
+pub struct MyQueue {
+    /// Active tickets in working order: in progress first, then assigned, oldest first.
+    pub tickets: Vec<Ticket>,
+    /// How many tickets are active.
+    pub active_count: i64,
+    /// The agent's capacity.
+    pub max_tickets: i64,
+    /// Free slots.
+    pub slots_available: i64,
+    /// Whether the agent is online.
+    pub online: bool,
+}
+
+/// An organization's queue texts and policies.
+#[derive(SimpleObject)]
+pub struct QueueSettings {
+    /// Whether customers get the division menu (queue mode).
+    pub enabled: bool,
+    /// The first line of the division menu.
+    pub welcome_message: String,
+    /// Sent when a customer joins a queue; `{division}`, `{queue_number}`.
+    pub queue_message_template: String,
+    /// What a customer writes to ask for their place.
+    pub check_queue_keyword: String,
+    /// The answer to the check keyword; `{queue_number}`, `{division}`.
+    pub queue_position_message: String,
+    /// Sent when no agent is online.
+    pub no_agent_available_message: String,
+    /// What an agent going offline does to their tickets.
+    pub offline_policy: OfflinePolicy,
+    /// A ticket not answered within this many seconds goes to the next agent; 0 = never.
+    pub escalation_after_seconds: i64,
+}
+
+impl From<domain::queue_settings::QueueSettings> for QueueSettings {
+    fn from(settings: domain::queue_settings::QueueSettings) -> Self {
+        Self {
+            enabled: settings.enabled,
+            welcome_message: settings.welcome_message,
+            queue_message_template: settings.queue_message_template,
+            check_queue_keyword: settings.check_queue_keyword,
+            queue_position_message: settings.queue_position_message,
+            no_agent_available_message: settings.no_agent_available_message,
+            offline_policy: settings.offline_policy.into(),
+            escalation_after_seconds: settings.escalation_after_seconds,
+        }
+    }
+}

@@ -158,6 +158,11 @@ impl Ticket {
             .and(self.assignee.as_deref())
     }
 
+    /// The organization the ticket belongs to.
+    pub fn organization(&self) -> Option<&str> {
+        self.organization.as_deref()
+    }
+
     /// How many events the ticket has; the version a slot reservation names.
     pub fn version(&self) -> u64 {
         self.version
