@@ -491,8 +491,10 @@ async fn run(helpdesk: Arc<Helpdesk>, shutdown: CancellationToken) {
                             tracing::warn!(organization, code = error.code(), "reconcile failed");
                         }
                     }
+                    helpdesk.assignment_progress.send_replace(cursor);
                 }
                 Ok(_) => {
+                    helpdesk.assignment_progress.send_replace(cursor);
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = lease.changed() => {}

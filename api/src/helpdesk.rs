@@ -145,6 +145,8 @@ pub struct Helpdesk {
     ticket_history: EventStore<Ticket>,
     /// Which replica runs what.
     pub leases: Leases,
+    /// How far the assignment process (when it runs here) has reconciled the log.
+    pub(crate) assignment_progress: tokio::sync::watch::Sender<projections::Checkpoint>,
     /// Where the projections of this process stand.
     pub progress: ProjectionProgress,
     signal: LogSignal,
@@ -196,6 +198,7 @@ impl Helpdesk {
             queue_settings: CqrsFramework::new(event_store(&db), vec![], ()),
             ticket_history: event_store(&db),
             leases,
+            assignment_progress: tokio::sync::watch::channel(projections::Checkpoint::START).0,
             db,
             progress,
             signal,
@@ -210,6 +213,33 @@ impl Helpdesk {
             shutdown,
         ));
         Ok((helpdesk, tasks))
+    }
+
+    /// Waits until this process's assignment process and projections have handled every
+    /// committed event and the log has stopped growing: the helpdesk is at rest. For tests
+    /// and tools running the whole helpdesk in one process; `false` on timeout.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut reconciled = self.assignment_progress.subscribe();
+        loop {
+            let Ok(head) = event_log::log_head(&self.db).await else {
+                return false;
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if self.progress.wait_for_all(head, left).await.is_err() {
+                return false;
+            }
+            let caught_up =
+                tokio::time::timeout_at(deadline, reconciled.wait_for(|at| *at >= head)).await;
+            if !matches!(caught_up, Ok(Ok(_))) {
+                return false;
+            }
+            match event_log::log_head(&self.db).await {
+                Ok(now) if now == head => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
     }
 
     /// What rings when events are committed.

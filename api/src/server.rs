@@ -194,5 +194,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP helpdesk_lease_held Whether this replica runs the role (a projector or the assignment process).\n# TYPE helpdesk_lease_held gauge"
+    );
+    let held = helpdesk.leases.held();
+    for role in helpdesk.leases.roles() {
+        let _ = writeln!(
+            out,
+            "helpdesk_lease_held{{role=\"{role}\"}} {}",
+            u8::from(held.contains(&role))
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

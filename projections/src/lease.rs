@@ -65,6 +65,11 @@ impl Leases {
         }
     }
 
+    /// Every role this process contends for.
+    pub fn roles(&self) -> Vec<&'static str> {
+        self.held.keys().copied().collect()
+    }
+
     /// The roles this process holds now.
     pub fn held(&self) -> Vec<&'static str> {
         self.held
