@@ -309,9 +309,10 @@ async fn try_assign_waiting(
         loop {
             let candidates: Vec<Candidate> = agents
                 .iter()
+                .filter(|a| !refused.contains(&a.agent.id))
                 .map(|a| Candidate {
                     agent_id: a.agent.id.clone(),
-                    online: a.agent.online && !refused.contains(&a.agent.id),
+                    online: a.agent.online,
                     serves_division: true,
                     active: a.active_tickets,
                     max_tickets: a.agent.max_tickets,
@@ -359,13 +360,18 @@ async fn try_assign_waiting(
 }
 
 /// One pass over an organization: release idle slots, requeue for offline agents, fill
-/// every AUTO queue.
-async fn reconcile(helpdesk: &Helpdesk, organization: &str) -> ApiResult<usize> {
+/// every AUTO queue. `cause` names the newest event that prompted the pass
+/// (`type/id/sequence`), recorded as the causation of the commands it issues.
+async fn reconcile(
+    helpdesk: &Helpdesk,
+    organization: &str,
+    cause: Option<String>,
+) -> ApiResult<usize> {
     let origin = Origin {
         organization: organization.to_string(),
         actor: system_actor(),
         request_id: format!("assignment-{}", uuid::Uuid::new_v4()),
-        causation_id: None,
+        causation_id: cause,
     };
     release_idle_slots(helpdesk, &origin).await?;
     let settings = projections::queue_settings::settings(&helpdesk.db, organization).await?;
@@ -468,14 +474,20 @@ async fn run(helpdesk: Arc<Helpdesk>, shutdown: CancellationToken) {
             match event_log::read_after(&helpdesk.db, cursor, 1000).await {
                 Ok(events) if !events.is_empty() => {
                     cursor = events.last().map(|e| e.checkpoint).unwrap_or(cursor);
-                    let mut organizations = BTreeSet::new();
+                    let mut organizations: BTreeMap<String, String> = BTreeMap::new();
                     let mut newest: BTreeMap<&str, Checkpoint> = BTreeMap::new();
                     for event in &events {
                         if let Some(kind) = RELEVANT
                             .iter()
                             .find(|t| **t == event.aggregate_type.as_str())
                         {
-                            organizations.insert(event.metadata.organization.clone());
+                            organizations.insert(
+                                event.metadata.organization.clone(),
+                                format!(
+                                    "{}/{}/{}",
+                                    event.aggregate_type, event.aggregate_id, event.sequence
+                                ),
+                            );
                             newest.insert(*kind, event.checkpoint);
                         }
                     }
@@ -486,8 +498,9 @@ async fn run(helpdesk: Arc<Helpdesk>, shutdown: CancellationToken) {
                             .wait_for(kind, checkpoint, PROJECTION_PATIENCE)
                             .await;
                     }
-                    for organization in organizations {
-                        if let Err(error) = reconcile(&helpdesk, &organization).await {
+                    for (organization, cause) in organizations {
+                        if let Err(error) = reconcile(&helpdesk, &organization, Some(cause)).await
+                        {
                             tracing::warn!(organization, code = error.code(), "reconcile failed");
                         }
                     }
@@ -526,7 +539,7 @@ async fn sweep(helpdesk: &Helpdesk) {
         }
     };
     for organization in organizations {
-        if let Err(error) = reconcile(helpdesk, &organization).await {
+        if let Err(error) = reconcile(helpdesk, &organization, None).await {
             tracing::warn!(organization, code = error.code(), "reconcile failed");
         }
     }

@@ -326,11 +326,15 @@ impl Helpdesk {
         };
         // "Assigned at once": the assignment process would do it a moment later; doing it
         // here lets the creator see the assignee in the answer.
+        let caused = Origin {
+            causation_id: Some(format!("Ticket/{id}/1")),
+            ..origin
+        };
         crate::assignment::assign_waiting(
             self,
             &organization,
             division_id.as_deref(),
-            &origin,
+            &caused,
             Some(1),
         )
         .await;
