@@ -185,6 +185,7 @@ async fn roles_are_enforced() {
         let ann = agent("ann");
         let analyst = Server::token("acme", "analyst", "ada");
         let service = Server::token("acme", "service", "whatsapp");
+        server.register_agents(&admin, &["ann", "bob"]).await;
         let queued = server.create_ticket_id(&admin, "Queued").await;
         let resolved = server.create_ticket_id(&admin, "Resolved").await;
         server.claim_ticket(&ann, &resolved).await;
@@ -258,6 +259,7 @@ async fn agents_only_work_their_own_tickets() {
         let admin = admin();
         let ann = agent("ann");
         let bob = agent("bob");
+        server.register_agents(&admin, &["ann", "bob"]).await;
         let id = server.create_ticket_id(&admin, "Ann's").await;
         server.claim_ticket(&ann, &id).await;
         let assigned = ticket(&server, &admin, &id).await;
@@ -351,6 +353,7 @@ async fn the_service_role_creates_comments_and_rates() {
         let admin = admin();
         let ann = agent("ann");
         let service = Server::token("acme", "service", "whatsapp-bot");
+        server.register_agents(&admin, &["ann"]).await;
         let created = server
             .data(
                 &service,
@@ -407,6 +410,10 @@ async fn organizations_never_see_or_touch_each_other() {
         let globex = Server::token("globex", "admin", "hank");
         let globex_agent = Server::token("globex", "agent", "gus");
         let globex_service = Server::token("globex", "service", "bot");
+        // Both agents exist in their own organization, so a refusal below is about the
+        // ticket being another organization's, not about an unknown agent.
+        server.register_agents(&acme, &["ann"]).await;
+        server.register_agents(&globex, &["gus"]).await;
 
         let acme_division = server.create_division(&acme, "Acme billing").await;
         let queued = server.create_ticket_id(&acme, "Acme queued").await;

@@ -23,6 +23,8 @@ async fn ticket_events(database: &projections::Database, id: &str, event_type: &
 const COMMENTS: usize = 10;
 /// How many tickets get such a burst (races are probabilistic: several bursts per run).
 const BURSTS: usize = 3;
+/// How many claim races are run (each winner keeps its ticket).
+const ROUNDS: usize = 20;
 
 const CLAIM: &str = "mutation($id: ID!) { claimTicket(id: $id) { id status assigneeId } }";
 
@@ -34,8 +36,19 @@ async fn simultaneous_claims_have_exactly_one_winner() {
         let database = db.connect().await;
         let admin = admin();
         let agents = [("ann", agent("ann")), ("bob", agent("bob"))];
+        // Room for every ticket of the run, so that neither agent ever reaches its capacity
+        // and every round is a real race between the two.
+        for (id, _) in &agents {
+            server
+                .data(
+                    &admin,
+                    "mutation($id: ID!, $max: Int!) { registerAgent(input: {id: $id, name: $id, maxTickets: $max}) { id } }",
+                    json!({ "id": id, "max": ROUNDS }),
+                )
+                .await;
+        }
         let mut wins = [0, 0];
-        for round in 0..20 {
+        for round in 0..ROUNDS {
             let id = server
                 .create_ticket_id(&admin, &format!("Race {round}"))
                 .await;
@@ -171,6 +184,7 @@ async fn concurrent_comments_all_land_exactly_once() {
         let admin = admin();
         let ann = agent("ann");
         let service = Server::token("acme", "service", "bot");
+        server.register_agents(&admin, &["ann"]).await;
         let database = db.connect().await;
         for burst in 0..BURSTS {
             let id = server

@@ -35,6 +35,7 @@ async fn health_readiness_and_metrics() {
 
         let admin = admin();
         let ann = agent("ann");
+        server.register_agents(&admin, &["ann"]).await;
         let id = server.create_ticket_id(&admin, "Measured").await;
         server.claim_ticket(&ann, &id).await;
         // A refused command is measured under its code.

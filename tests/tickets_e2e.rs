@@ -61,6 +61,20 @@ async fn queue(server: &Server, token: &str, division: Option<&str>) -> Vec<(i64
     entries
 }
 
+/// Registers agents with the given ids (names too) serving `divisions`, in the organization
+/// of the admin `token`; panics on errors.
+async fn register_agents_in(server: &Server, token: &str, ids: &[&str], divisions: &[&str]) {
+    for id in ids {
+        server
+            .data(
+                token,
+                "mutation($id: ID!, $d: [ID!]) { registerAgent(input: {id: $id, name: $id, divisionIds: $d}) { id } }",
+                json!({ "id": id, "d": divisions }),
+            )
+            .await;
+    }
+}
+
 /// Numbers of the tickets matching `filter`, in list order (newest first).
 async fn numbers(server: &Server, token: &str, filter: Value) -> Vec<i64> {
     let data = server
@@ -91,6 +105,7 @@ async fn create_queue_claim_resolve_rate_and_restart() {
         let server = Server::start(&db).await;
         let admin = admin();
         let agent = agent("ann");
+        server.register_agents(&admin, &["ann"]).await;
         let created = server
             .data(
                 &admin,
@@ -140,6 +155,7 @@ async fn full_lifecycle_with_comments_close_and_reopen() {
         let server = Server::start(&db).await;
         let admin = admin();
         let ann = agent("ann");
+        server.register_agents(&admin, &["ann", "bob"]).await;
 
         let created = create(
             &server,
@@ -280,6 +296,7 @@ async fn queue_orders_by_priority_then_age_and_follows_priority_changes() {
         let server = Server::start(&db).await;
         let admin = admin();
         let agent = agent("ann");
+        server.register_agents(&admin, &["ann"]).await;
         let priorities = ["LOW", "MEDIUM", "URGENT", "HIGH", "MEDIUM", "URGENT", "LOW"];
         let mut ids = Vec::new();
         for (i, p) in priorities.iter().enumerate() {
@@ -669,6 +686,8 @@ async fn every_ticket_filter_field_narrows_the_list() {
         let ann = agent("ann");
         let bob = agent("bob");
         let billing = server.create_division(&admin, "Billing").await;
+        // Both serve billing: they claim tickets of its queue below.
+        register_agents_in(&server, &admin, &["ann", "bob"], &[&billing]).await;
 
         // #1 printer, URGENT, queued
         server
@@ -762,6 +781,7 @@ async fn bulk_operations_report_per_item_and_keep_successes() {
         let server = Server::start(&db).await;
         let admin = admin();
         let ann = agent("ann");
+        server.register_agents(&admin, &["ann", "bob"]).await;
         let t1 = server.create_ticket_id(&admin, "one").await;
         let t2 = server.create_ticket_id(&admin, "two").await;
         let t3 = server
@@ -904,12 +924,19 @@ async fn workload(server: &Server) {
     let other = Server::token("globex", "admin", "hank");
     let billing = server.create_division(&admin, "Billing").await;
     server.create_division(&other, "Globex support").await;
-    for (token, name) in [(&admin, "Ann"), (&other, "Gus")] {
+    // The claiming agents serve billing (every third ticket is a billing one); carol only
+    // gets an admin assignment; gus is globex's.
+    for (token, id, name, divisions) in [
+        (&admin, "ann", "Ann", vec![billing.as_str()]),
+        (&admin, "bob", "Bob", vec![billing.as_str()]),
+        (&admin, "carol", "Carol", vec![]),
+        (&other, "gus", "Gus", vec![]),
+    ] {
         server
             .data(
                 token,
-                "mutation($n: String!) { registerAgent(input: {name: $n, maxTickets: 7}) { id } }",
-                json!({ "n": name }),
+                "mutation($id: ID!, $n: String!, $d: [ID!]) { registerAgent(input: {id: $id, name: $n, maxTickets: 7, divisionIds: $d}) { id } }",
+                json!({ "id": id, "n": name, "d": divisions }),
             )
             .await;
     }
@@ -1102,7 +1129,7 @@ fn row_counts(dump: &[(String, Vec<Vec<Option<String>>>)]) -> Vec<(&str, usize)>
 
 /// What the workload leaves in the read models (tables by name).
 const EXPECTED_ROWS: [(&str, usize); 5] = [
-    ("agents", 2),
+    ("agents", 4),
     ("divisions", 2),
     ("queue_entries", 8),
     ("ticket_comments", 9),
@@ -1328,6 +1355,7 @@ async fn reopening_clears_the_rating_and_allows_a_new_one() {
         let admin = admin();
         let ann = agent("ann");
         let service = Server::token("acme", "service", "bot");
+        server.register_agents(&admin, &["ann"]).await;
         let id = server.create_ticket_id(&admin, "Twice").await;
         act(&server, &ann, "claimTicket(id: $id)", &id).await;
         act(&server, &ann, "resolveTicket(id: $id)", &id).await;
@@ -1399,6 +1427,7 @@ async fn timestamps_are_rfc3339_utc_and_in_order() {
         let server = Server::start(&db).await;
         let admin = admin();
         let ann = agent("ann");
+        server.register_agents(&admin, &["ann"]).await;
         let started = chrono::Utc::now() - chrono::Duration::seconds(5);
         let id = server.create_ticket_id(&admin, "Timed").await;
         let waiting = server

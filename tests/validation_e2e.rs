@@ -150,6 +150,7 @@ async fn ticket_changes_refuse_bad_input_and_change_nothing() {
         let server = Server::start(&db).await;
         let admin = admin();
         let ann = agent("ann");
+        server.register_agents(&admin, &["ann", "bob"]).await;
         let queued = server.create_ticket_id(&admin, "Queued").await;
         let assigned = server.create_ticket_id(&admin, "Assigned").await;
         server.claim_ticket(&ann, &assigned).await;
@@ -571,6 +572,7 @@ async fn refused_transitions_say_why() {
         let admin = admin();
         let ann = agent("ann");
         let bob = agent("bob");
+        server.register_agents(&admin, &["ann", "bob"]).await;
         let queued = server.create_ticket_id(&admin, "Queued").await;
         let assigned = server.create_ticket_id(&admin, "Assigned").await;
         server.claim_ticket(&ann, &assigned).await;

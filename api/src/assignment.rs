@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::helpdesk::{command_name, Helpdesk, Origin, Wait};
+use crate::helpdesk::{Helpdesk, Origin, Wait};
 
 /// The lease the process manager runs under.
 pub const ROLE: &str = "assignment";
@@ -97,14 +97,19 @@ impl Helpdesk {
         ticket_id: &str,
         agent_id: Option<String>,
     ) -> ApiResult<DateTime<Utc>> {
+        let started = Instant::now();
         let origin = Origin::of(caller, request_id);
-        let (agent_id, via) = match agent_id {
-            None => (caller.actor.id.clone(), AssignmentVia::Claim),
-            Some(agent) => (agent, AssignmentVia::Admin),
+        let (agent_id, via, name) = match agent_id {
+            None => (caller.actor.id.clone(), AssignmentVia::Claim, "claimTicket"),
+            Some(agent) => (agent, AssignmentVia::Admin, "assignTicket"),
         };
-        assign_with_slot(self, &origin, ticket_id, &agent_id, via, None)
+        let result = assign_with_slot(self, &origin, ticket_id, &agent_id, via, None)
             .await
-            .map_err(SagaFailure::into_error)
+            .map_err(SagaFailure::into_error);
+        // The whole saga is the client's command; its steps are measured under their own
+        // names (reserveSlot, assignWithSlot, releaseSlot).
+        self.measure(name, started, &result);
+        result
     }
 }
 
@@ -173,14 +178,13 @@ async fn assign_with_slot(
                 "the assignment took too long and was abandoned; retry".into(),
             ))
         } else {
-            let name = command_name(&action);
             helpdesk
                 .execute(
                     &helpdesk.tickets,
                     ticket_id,
                     action,
                     origin,
-                    name,
+                    "assignWithSlot",
                     Wait::ForProjections,
                 )
                 .await
@@ -230,7 +234,12 @@ async fn release(
         .await;
     if let Err(error) = released {
         // The process manager finds the slot idle and releases it on its next pass.
-        tracing::warn!(agent_id, ticket_id, code = error.code(), "slot release failed");
+        tracing::warn!(
+            agent_id,
+            ticket_id,
+            code = error.code(),
+            "slot release failed"
+        );
     }
 }
 
@@ -269,8 +278,7 @@ async fn try_assign_waiting(
     let algorithm = match division_id {
         None => AssignmentAlgorithm::RoundRobin,
         Some(division) => {
-            let Some(record) =
-                projections::divisions::division(db, organization, division).await?
+            let Some(record) = projections::divisions::division(db, organization, division).await?
             else {
                 return Ok(0);
             };
@@ -290,13 +298,9 @@ async fn try_assign_waiting(
         return Ok(0);
     }
     let wanted = limit.map_or(free, |l| free.min(l as i64));
-    let heads = projections::queue::heads(
-        db,
-        organization,
-        division_id.unwrap_or(NO_DIVISION),
-        wanted,
-    )
-    .await?;
+    let heads =
+        projections::queue::heads(db, organization, division_id.unwrap_or(NO_DIVISION), wanted)
+            .await?;
     let origin = Origin {
         actor: system_actor(),
         ..origin.clone()
@@ -326,7 +330,8 @@ async fn try_assign_waiting(
                 break 'tickets;
             };
             let winner = decision.winner.clone();
-            match assign_with_slot(
+            let started = Instant::now();
+            let outcome = assign_with_slot(
                 helpdesk,
                 &origin,
                 &ticket_id,
@@ -334,8 +339,13 @@ async fn try_assign_waiting(
                 AssignmentVia::Auto,
                 Some(decision),
             )
-            .await
-            {
+            .await;
+            let measured = match &outcome {
+                Ok(at) => Ok(*at),
+                Err(SagaFailure::Slot(e) | SagaFailure::Ticket(e)) => Err(e.clone()),
+            };
+            helpdesk.measure("autoAssignTicket", started, &measured);
+            match outcome {
                 Ok(at) => {
                     assigned += 1;
                     if let Some(agent) = agents.iter_mut().find(|a| a.agent.id == winner) {
@@ -440,7 +450,10 @@ pub struct AssignmentProcess;
 impl AssignmentProcess {
     /// Runs the process whenever this replica holds the `assignment` lease, until
     /// `shutdown`.
-    pub fn spawn(helpdesk: Arc<Helpdesk>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        helpdesk: Arc<Helpdesk>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move { run(helpdesk, shutdown).await })
     }
 }
@@ -499,8 +512,7 @@ async fn run(helpdesk: Arc<Helpdesk>, shutdown: CancellationToken) {
                             .await;
                     }
                     for (organization, cause) in organizations {
-                        if let Err(error) = reconcile(&helpdesk, &organization, Some(cause)).await
-                        {
+                        if let Err(error) = reconcile(&helpdesk, &organization, Some(cause)).await {
                             tracing::warn!(organization, code = error.code(), "reconcile failed");
                         }
                     }

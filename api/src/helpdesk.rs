@@ -338,6 +338,8 @@ impl Helpdesk {
             Some(1),
         )
         .await;
+        // The assignment process may have given the ticket away first: answer with that.
+        self.wait_for_projections(Ticket::TYPE, &id).await?;
         Ok(TicketRecord {
             id,
             organization_id: organization,
@@ -538,7 +540,13 @@ impl Helpdesk {
         let result = self
             .execute_and_wait(cqrs, aggregate_id, command, origin, wait)
             .await;
-        let outcome = match &result {
+        self.measure(name, started, &result);
+        result
+    }
+
+    /// Records a command's latency and outcome for `/metrics`.
+    pub(crate) fn measure<T>(&self, name: &str, started: Instant, result: &ApiResult<T>) {
+        let outcome = match result {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
@@ -546,7 +554,6 @@ impl Helpdesk {
             format!("command=\"{}\",outcome=\"{outcome}\"", label(name)),
             started.elapsed().as_secs_f64(),
         );
-        result
     }
 
     async fn execute_and_wait<A>(

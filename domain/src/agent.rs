@@ -527,9 +527,16 @@ mod tests {
     fn slots_are_reserved_up_to_capacity_and_no_further() {
         TestFramework::<AgentStatus>::with(())
             .given(full_agent(4))
-            .when(as_role(Role::Service, reserve("t9", 1, AssignmentVia::Auto)))
+            .when(as_role(
+                Role::Service,
+                reserve("t9", 1, AssignmentVia::Auto),
+            ))
             .then_expect_events(vec![reserved("t9", 1, AssignmentVia::Auto)]);
-        for via in [AssignmentVia::Auto, AssignmentVia::Claim, AssignmentVia::Admin] {
+        for via in [
+            AssignmentVia::Auto,
+            AssignmentVia::Claim,
+            AssignmentVia::Admin,
+        ] {
             TestFramework::<AgentStatus>::with(())
                 .given(full_agent(5))
                 .when(as_role(Role::Admin, reserve("t9", 1, via)))
@@ -543,13 +550,19 @@ mod tests {
     fn the_same_reservation_twice_is_one_and_a_stale_one_is_replaced() {
         TestFramework::<AgentStatus>::with(())
             .given(full_agent(5))
-            .when(as_role(Role::Service, reserve("t4", 1, AssignmentVia::Auto)))
+            .when(as_role(
+                Role::Service,
+                reserve("t4", 1, AssignmentVia::Auto),
+            ))
             .then_expect_events(vec![]);
         // t4 was reserved at version 1 and never assigned; a new reservation at version 3
         // takes its place instead of a sixth slot.
         TestFramework::<AgentStatus>::with(())
             .given(full_agent(5))
-            .when(as_role(Role::Service, reserve("t4", 3, AssignmentVia::Auto)))
+            .when(as_role(
+                Role::Service,
+                reserve("t4", 3, AssignmentVia::Auto),
+            ))
             .then_expect_events(vec![reserved("t4", 3, AssignmentVia::Auto)]);
     }
 
@@ -593,7 +606,10 @@ mod tests {
         });
         TestFramework::<AgentStatus>::with(())
             .given(given)
-            .when(as_role(Role::Service, reserve("t9", 1, AssignmentVia::Auto)))
+            .when(as_role(
+                Role::Service,
+                reserve("t9", 1, AssignmentVia::Auto),
+            ))
             .then_expect_events(vec![reserved("t9", 1, AssignmentVia::Auto)]);
     }
 
@@ -601,7 +617,10 @@ mod tests {
     fn automatic_assignment_needs_an_online_agent_but_claims_and_admins_do_not() {
         TestFramework::<AgentStatus>::with(())
             .given(vec![registered()])
-            .when(as_role(Role::Service, reserve("t1", 1, AssignmentVia::Auto)))
+            .when(as_role(
+                Role::Service,
+                reserve("t1", 1, AssignmentVia::Auto),
+            ))
             .then_expect_error(AgentError::InvalidTransition("agent Ann is offline".into()));
         TestFramework::<AgentStatus>::with(())
             .given(vec![registered()])
@@ -648,29 +667,44 @@ mod tests {
     fn admins_change_capacity_and_a_lower_capacity_blocks_new_slots() {
         TestFramework::<AgentStatus>::with(())
             .given(full_agent(3))
-            .when(as_role(Role::Admin, AgentAction::SetCapacity { max_tickets: 2 }))
+            .when(as_role(
+                Role::Admin,
+                AgentAction::SetCapacity { max_tickets: 2 },
+            ))
             .then_expect_events(vec![AgentEvent::AgentCapacityChanged { from: 5, to: 2 }]);
         let mut given = full_agent(3);
         given.push(AgentEvent::AgentCapacityChanged { from: 5, to: 2 });
         TestFramework::<AgentStatus>::with(())
             .given(given)
-            .when(as_role(Role::Service, reserve("t9", 1, AssignmentVia::Auto)))
+            .when(as_role(
+                Role::Service,
+                reserve("t9", 1, AssignmentVia::Auto),
+            ))
             .then_expect_error(AgentError::CapacityReached(
                 "agent Ann already holds 3 of 2 active tickets".into(),
             ));
         TestFramework::<AgentStatus>::with(())
             .given(vec![registered()])
-            .when(as_role(Role::Admin, AgentAction::SetCapacity { max_tickets: 5 }))
+            .when(as_role(
+                Role::Admin,
+                AgentAction::SetCapacity { max_tickets: 5 },
+            ))
             .then_expect_events(vec![]);
         TestFramework::<AgentStatus>::with(())
             .given(vec![registered()])
-            .when(as_role(Role::Agent, AgentAction::SetCapacity { max_tickets: 9 }))
+            .when(as_role(
+                Role::Agent,
+                AgentAction::SetCapacity { max_tickets: 9 },
+            ))
             .then_expect_error(AgentError::NotPermitted(
                 "only admins change an agent's capacity".into(),
             ));
         TestFramework::<AgentStatus>::with(())
             .given(vec![registered()])
-            .when(as_role(Role::Admin, AgentAction::SetCapacity { max_tickets: 0 }))
+            .when(as_role(
+                Role::Admin,
+                AgentAction::SetCapacity { max_tickets: 0 },
+            ))
             .then_expect_error(AgentError::InvalidInput(
                 "maxTickets must be between 1 and 100".into(),
             ));

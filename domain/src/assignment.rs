@@ -221,7 +221,10 @@ mod tests {
         ] {
             let decision = choose(algorithm, &candidates, 7).unwrap();
             assert_eq!(decision.winner, "a");
-            assert_eq!((decision.eligible, decision.full, decision.offline), (1, 1, 1));
+            assert_eq!(
+                (decision.eligible, decision.full, decision.offline),
+                (1, 1, 1)
+            );
         }
     }
 
@@ -245,12 +248,19 @@ mod tests {
         ];
         let decision = choose(AssignmentAlgorithm::RoundRobin, &candidates, 0).unwrap();
         assert_eq!(decision.winner, "b");
-        let order: Vec<_> = decision.considered.iter().map(|c| c.agent_id.as_str()).collect();
+        let order: Vec<_> = decision
+            .considered
+            .iter()
+            .map(|c| c.agent_id.as_str())
+            .collect();
         assert_eq!(order, ["b", "c", "a"]);
         let fresh = [candidate("z", 0, at(0)), candidate("y", 0, None)];
         let decision = choose(AssignmentAlgorithm::RoundRobin, &fresh, 0).unwrap();
         assert_eq!(decision.winner, "y");
-        assert_eq!(decision.reason, "round robin: never assigned a ticket before");
+        assert_eq!(
+            decision.reason,
+            "round robin: never assigned a ticket before"
+        );
     }
 
     #[test]

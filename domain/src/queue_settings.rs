@@ -143,9 +143,9 @@ impl Aggregate for OrganizationQueue {
                 Some(v) if v.is_empty() => Err(DomainError::InvalidInput(format!(
                     "{field} must not be empty"
                 ))),
-                Some(v) if !within(&v, MAX_TEXT_CHARS) => Err(DomainError::InvalidInput(
-                    format!("{field} must be at most {MAX_TEXT_CHARS} characters"),
-                )),
+                Some(v) if !within(&v, MAX_TEXT_CHARS) => Err(DomainError::InvalidInput(format!(
+                    "{field} must be at most {MAX_TEXT_CHARS} characters"
+                ))),
                 Some(v) => Ok(v),
             }
         };

@@ -6,8 +6,8 @@ use sqlx::FromRow;
 
 use crate::db::{timestamp, Bind, Database, DbError, Statement, Tx};
 use crate::event_log::StoredEvent;
-use crate::{bind_all, on_backend};
 use crate::runner::Projection;
+use crate::{bind_all, on_backend};
 
 /// Builds `agents` from AgentStatus events.
 #[derive(Debug, Default)]

@@ -4,8 +4,8 @@
 use async_graphql::{Context, InputObject, Object, ID};
 use domain::agent::AgentAction;
 use domain::division::{DivisionChanges, DivisionProfile};
-use domain::queue_settings::QueueSettingsChanges;
 use domain::limits::{within, MAX_NAME_CHARS};
+use domain::queue_settings::QueueSettingsChanges;
 use domain::ticket::TicketAction;
 use domain::Role;
 use projections::tickets::CommentRecord;

@@ -9,8 +9,8 @@ use super::types::{
     QueueSettings, Ticket, TicketConnection, TicketEdge, TicketStatus,
 };
 use super::{caller, caller_in, helpdesk, page_size, parse_uuid};
-use domain::Role;
 use crate::error::{ApiError, ApiResult};
+use domain::Role;
 
 /// The contract's `TicketFilter`.
 #[derive(InputObject, Default)]
@@ -254,13 +254,10 @@ impl Query {
                 .await
                 .map_err(ApiError::from)?
                 .ok_or_else(|| ApiError::NotFound("agent not found".into()))?;
-        let tickets = projections::tickets::agent_queue(
-            &helpdesk.db,
-            &caller.organization,
-            &caller.actor.id,
-        )
-        .await
-        .map_err(ApiError::from)?;
+        let tickets =
+            projections::tickets::agent_queue(&helpdesk.db, &caller.organization, &caller.actor.id)
+                .await
+                .map_err(ApiError::from)?;
         let active_count = tickets.len() as i64;
         Ok(MyQueue {
             tickets: tickets

@@ -502,21 +502,30 @@ fn only_a_queued_ticket_can_be_claimed() {
 #[test]
 fn an_admin_assigns_a_queued_ticket() {
     given_status(TicketStatus::Queued)
-        .when(cmd(admin(), assign("ann", version_of(TicketStatus::Queued))))
+        .when(cmd(
+            admin(),
+            assign("ann", version_of(TicketStatus::Queued)),
+        ))
         .then_expect_events(vec![assigned_to("ann", None)]);
 }
 
 #[test]
 fn an_admin_reassigns_an_assigned_ticket() {
     given_status(TicketStatus::Assigned)
-        .when(cmd(admin(), assign("bob", version_of(TicketStatus::Assigned))))
+        .when(cmd(
+            admin(),
+            assign("bob", version_of(TicketStatus::Assigned)),
+        ))
         .then_expect_events(vec![assigned_to("bob", Some("ann"))]);
 }
 
 #[test]
 fn an_admin_reassigns_an_in_progress_ticket() {
     given_status(TicketStatus::InProgress)
-        .when(cmd(admin(), assign("bob", version_of(TicketStatus::InProgress))))
+        .when(cmd(
+            admin(),
+            assign("bob", version_of(TicketStatus::InProgress)),
+        ))
         .then_expect_events(vec![assigned_to("bob", Some("ann"))]);
 }
 
@@ -572,7 +581,10 @@ fn agents_and_services_cannot_assign() {
 fn assigning_to_a_blank_agent_id_is_refused() {
     for blank in ["", "   "] {
         given_status(TicketStatus::Queued)
-            .when(cmd(admin(), assign(blank, version_of(TicketStatus::Queued))))
+            .when(cmd(
+                admin(),
+                assign(blank, version_of(TicketStatus::Queued)),
+            ))
             .then_expect_error(invalid("agentId must not be empty"));
     }
 }
@@ -1388,11 +1400,15 @@ fn auto_assigned(agent_id: &str) -> TicketEvent {
 
 #[test]
 fn a_reservation_made_for_an_older_version_is_stale() {
-    let events = vec![created(), TicketEvent::TicketPriorityChanged {
-        from: Priority::Medium,
-        to: Priority::High,
-    }];
-    let stale = TicketError::Stale("ticket #7 changed while the agent's slot was being reserved".into());
+    let events = vec![
+        created(),
+        TicketEvent::TicketPriorityChanged {
+            from: Priority::Medium,
+            to: Priority::High,
+        },
+    ];
+    let stale =
+        TicketError::Stale("ticket #7 changed while the agent's slot was being reserved".into());
     given(events.clone())
         .when(cmd(agent("ann"), claim(1)))
         .then_expect_error(stale.clone());
@@ -1415,9 +1431,13 @@ fn repeating_an_assignment_that_happened_with_the_same_reservation_is_a_no_op() 
     given(vec![created(), auto_assigned("ann")])
         .when(cmd(service(), auto_assign("ann", 1)))
         .then_expect_events(vec![]);
-    given(vec![created(), assigned_to("ann", None), assigned_to("bob", Some("ann"))])
-        .when(cmd(admin(), assign("bob", 2)))
-        .then_expect_events(vec![]);
+    given(vec![
+        created(),
+        assigned_to("ann", None),
+        assigned_to("bob", Some("ann")),
+    ])
+    .when(cmd(admin(), assign("bob", 2)))
+    .then_expect_events(vec![]);
     // Another agent's claim with that reservation is refused as usual.
     given(vec![created(), claimed_by("ann")])
         .when(cmd(agent("bob"), claim(1)))
@@ -1431,11 +1451,16 @@ fn repeating_an_assignment_that_happened_with_the_same_reservation_is_a_no_op() 
 fn a_reservation_does_not_revive_once_the_ticket_moved_on() {
     // Ann got it with reservation 1, resolved it, it was reopened: the old reservation is
     // no longer hers to repeat, and it is stale for a new assignment.
-    given(vec![created(), claimed_by("ann"), resolved("ann"), reopened(Some("ann"))])
-        .when(cmd(agent("ann"), claim(1)))
-        .then_expect_error(TicketError::Stale(
-            "ticket #7 changed while the agent's slot was being reserved".into(),
-        ));
+    given(vec![
+        created(),
+        claimed_by("ann"),
+        resolved("ann"),
+        reopened(Some("ann")),
+    ])
+    .when(cmd(agent("ann"), claim(1)))
+    .then_expect_error(TicketError::Stale(
+        "ticket #7 changed while the agent's slot was being reserved".into(),
+    ));
 }
 
 #[test]
