@@ -121,17 +121,37 @@ async fn the_seed_picture_free_slot_full_offline_then_a_slot_frees() {
         assert_eq!(low["assigneeId"], Value::Null);
         assert_eq!(old_high["queuePosition"], 1);
         assert_eq!(new_high["queuePosition"], 2);
-        assert_eq!(ticket(&server, low["id"].as_str().unwrap()).await["queuePosition"], 3);
+        assert_eq!(
+            ticket(&server, low["id"].as_str().unwrap()).await["queuePosition"],
+            3
+        );
         let w = workload(&server).await;
-        assert_eq!((active_of(&w, "ann"), active_of(&w, "ben"), active_of(&w, "cid")), (5, 5, 0));
+        assert_eq!(
+            (
+                active_of(&w, "ann"),
+                active_of(&w, "ben"),
+                active_of(&w, "cid")
+            ),
+            (5, 5, 0)
+        );
 
         // Ann resolves one: the oldest highest-priority queued ticket goes to her.
         let ann = Server::token("acme", "agent", "ann");
         let mine = server
-            .data(&ann, "{ myQueue { tickets { id } activeCount maxTickets slotsAvailable } }", json!({}))
+            .data(
+                &ann,
+                "{ myQueue { tickets { id } activeCount maxTickets slotsAvailable } }",
+                json!({}),
+            )
             .await["myQueue"]
             .clone();
-        assert_eq!((mine["activeCount"].as_i64(), mine["slotsAvailable"].as_i64()), (Some(5), Some(0)));
+        assert_eq!(
+            (
+                mine["activeCount"].as_i64(),
+                mine["slotsAvailable"].as_i64()
+            ),
+            (Some(5), Some(0))
+        );
         let first = mine["tickets"][0]["id"].as_str().unwrap().to_string();
         server.resolve_ticket(&ann, &first).await;
         let old_high_id = old_high["id"].as_str().unwrap();
@@ -221,24 +241,44 @@ async fn claim_mode_divisions_wait_for_agents_within_their_divisions_and_capacit
         let ann = Server::token("acme", "agent", "ann");
         let ben = Server::token("acme", "agent", "ben");
         let claim = "mutation($id: ID!) { claimTicket(id: $id) { status assigneeId } }";
-        let response = server.graphql(Some(&ben), claim, json!({"id": tickets[0]})).await;
+        let response = server
+            .graphql(Some(&ben), claim, json!({"id": tickets[0]}))
+            .await;
         assert_eq!(error_code(&response), Some("FORBIDDEN"), "{response}");
         for id in &tickets[..2] {
             let claimed = server.data(&ann, claim, json!({"id": id})).await;
-            assert_eq!(claimed["claimTicket"], json!({"status": "ASSIGNED", "assigneeId": "ann"}));
+            assert_eq!(
+                claimed["claimTicket"],
+                json!({"status": "ASSIGNED", "assigneeId": "ann"})
+            );
         }
-        let response = server.graphql(Some(&ann), claim, json!({"id": tickets[2]})).await;
-        assert_eq!(error_code(&response), Some("CAPACITY_REACHED"), "{response}");
+        let response = server
+            .graphql(Some(&ann), claim, json!({"id": tickets[2]}))
+            .await;
+        assert_eq!(
+            error_code(&response),
+            Some("CAPACITY_REACHED"),
+            "{response}"
+        );
         assert_eq!(ticket(&server, &tickets[2]).await["status"], "QUEUED");
         // An admin may not bypass capacity either.
-        let assign = "mutation($id: ID!, $a: ID!) { assignTicket(id: $id, agentId: $a) { assigneeId } }";
+        let assign =
+            "mutation($id: ID!, $a: ID!) { assignTicket(id: $id, agentId: $a) { assigneeId } }";
         let response = server
             .graphql(Some(&admin), assign, json!({"id": tickets[2], "a": "ann"}))
             .await;
-        assert_eq!(error_code(&response), Some("CAPACITY_REACHED"), "{response}");
+        assert_eq!(
+            error_code(&response),
+            Some("CAPACITY_REACHED"),
+            "{response}"
+        );
         // Raising capacity does not push CLAIM work; the agent claims it.
         server
-            .data(&admin, "mutation { setAgentCapacity(agentId: \"ann\", maxTickets: 3) { maxTickets } }", json!({}))
+            .data(
+                &admin,
+                "mutation { setAgentCapacity(agentId: \"ann\", maxTickets: 3) { maxTickets } }",
+                json!({}),
+            )
             .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(ticket(&server, &tickets[2]).await["status"], "QUEUED");
@@ -261,7 +301,11 @@ async fn raising_capacity_and_reassigning_free_slots_for_the_queue() {
         let second = create(&server, "second", None, "MEDIUM").await;
         assert_eq!(second["status"], "QUEUED");
         server
-            .data(&admin, "mutation { setAgentCapacity(agentId: \"ann\", maxTickets: 2) { maxTickets } }", json!({}))
+            .data(
+                &admin,
+                "mutation { setAgentCapacity(agentId: \"ann\", maxTickets: 2) { maxTickets } }",
+                json!({}),
+            )
             .await;
         let second_id = second["id"].as_str().unwrap();
         let t = eventually("capacity raise to pull the queue", || async {
@@ -273,7 +317,8 @@ async fn raising_capacity_and_reassigning_free_slots_for_the_queue() {
         let third = create(&server, "third", None, "MEDIUM").await;
         assert_eq!(third["status"], "QUEUED");
         // Reassigning one of Ann's tickets to Ben (offline; admins may) frees her slot.
-        let assign = "mutation($id: ID!, $a: ID!) { assignTicket(id: $id, agentId: $a) { assigneeId } }";
+        let assign =
+            "mutation($id: ID!, $a: ID!) { assignTicket(id: $id, agentId: $a) { assigneeId } }";
         server
             .data(&admin, assign, json!({"id": first["id"], "a": "ben"}))
             .await;
@@ -288,7 +333,11 @@ async fn raising_capacity_and_reassigning_free_slots_for_the_queue() {
         let response = server
             .graphql(Some(&admin), assign, json!({"id": second_id, "a": "ben"}))
             .await;
-        assert_eq!(error_code(&response), Some("CAPACITY_REACHED"), "{response}");
+        assert_eq!(
+            error_code(&response),
+            Some("CAPACITY_REACHED"),
+            "{response}"
+        );
         server.stop().await;
     }
 }
@@ -304,12 +353,19 @@ async fn offline_policy_keep_and_requeue_at_the_original_place() {
         let started = create(&server, "started", None, "MEDIUM").await;
         let ann = Server::token("acme", "agent", "ann");
         server
-            .data(&ann, "mutation($id: ID!) { startTicket(id: $id) { status } }", json!({"id": started["id"]}))
+            .data(
+                &ann,
+                "mutation($id: ID!) { startTicket(id: $id) { status } }",
+                json!({"id": started["id"]}),
+            )
             .await;
         // KEEP (the default): going offline changes nothing.
         offline(&server, "ann").await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(ticket(&server, kept["id"].as_str().unwrap()).await["assigneeId"], "ann");
+        assert_eq!(
+            ticket(&server, kept["id"].as_str().unwrap()).await["assigneeId"],
+            "ann"
+        );
 
         let settings = server
             .data(&admin, "mutation { updateQueueSettings(input: {offlinePolicy: REQUEUE}) { offlinePolicy escalationAfterSeconds checkQueueKeyword } }", json!({}))
@@ -329,8 +385,14 @@ async fn offline_policy_keep_and_requeue_at_the_original_place() {
         })
         .await;
         assert_eq!(t["queuePosition"], 1);
-        assert_eq!(ticket(&server, later["id"].as_str().unwrap()).await["queuePosition"], 2);
-        assert_eq!(ticket(&server, started["id"].as_str().unwrap()).await["status"], "IN_PROGRESS");
+        assert_eq!(
+            ticket(&server, later["id"].as_str().unwrap()).await["queuePosition"],
+            2
+        );
+        assert_eq!(
+            ticket(&server, started["id"].as_str().unwrap()).await["status"],
+            "IN_PROGRESS"
+        );
         server.stop().await;
     }
 }
@@ -343,12 +405,16 @@ async fn presence_is_the_agents_own_and_the_workload_is_for_admins() {
         register(&server, "ann", 5, &[]).await;
         register(&server, "ben", 5, &[]).await;
         online(&server, "ann").await;
-        let agents = server.data(&admin, "{ agents { id online } }", json!({})).await;
+        let agents = server
+            .data(&admin, "{ agents { id online } }", json!({}))
+            .await;
         assert_eq!(
             agents["agents"],
             json!([{"id": "ann", "online": true}, {"id": "ben", "online": false}])
         );
-        let response = server.graphql(Some(&admin), "mutation { goOnline { id } }", json!({})).await;
+        let response = server
+            .graphql(Some(&admin), "mutation { goOnline { id } }", json!({}))
+            .await;
         assert_eq!(error_code(&response), Some("FORBIDDEN"));
         let ann = Server::token("acme", "agent", "ann");
         for query in [
@@ -357,32 +423,57 @@ async fn presence_is_the_agents_own_and_the_workload_is_for_admins() {
             "mutation { updateQueueSettings(input: {enabled: true}) { enabled } }",
         ] {
             let response = server.graphql(Some(&ann), query, json!({})).await;
-            assert_eq!(error_code(&response), Some("FORBIDDEN"), "{query}: {response}");
+            assert_eq!(
+                error_code(&response),
+                Some("FORBIDDEN"),
+                "{query}: {response}"
+            );
         }
-        let response = server.graphql(Some(&admin), "{ myQueue { activeCount } }", json!({})).await;
+        let response = server
+            .graphql(Some(&admin), "{ myQueue { activeCount } }", json!({}))
+            .await;
         assert_eq!(error_code(&response), Some("FORBIDDEN"));
         // An unregistered agent has no queue and cannot claim.
         let stranger = Server::token("acme", "agent", "nobody");
-        let response = server.graphql(Some(&stranger), "{ myQueue { activeCount } }", json!({})).await;
+        let response = server
+            .graphql(Some(&stranger), "{ myQueue { activeCount } }", json!({}))
+            .await;
         assert_eq!(error_code(&response), Some("NOT_FOUND"));
         offline(&server, "ann").await;
         let id = server.create_ticket_id(&admin, "waiting").await;
         let response = server
-            .graphql(Some(&stranger), "mutation($id: ID!) { claimTicket(id: $id) { id } }", json!({"id": id}))
+            .graphql(
+                Some(&stranger),
+                "mutation($id: ID!) { claimTicket(id: $id) { id } }",
+                json!({"id": id}),
+            )
             .await;
         assert_eq!(error_code(&response), Some("NOT_FOUND"), "{response}");
         // Bad settings are refused.
         let response = server
-            .graphql(Some(&admin), "mutation { updateQueueSettings(input: {escalationAfterSeconds: -5}) { enabled } }", json!({}))
+            .graphql(
+                Some(&admin),
+                "mutation { updateQueueSettings(input: {escalationAfterSeconds: -5}) { enabled } }",
+                json!({}),
+            )
             .await;
         assert_eq!(error_code(&response), Some("BAD_USER_INPUT"));
         let response = server
-            .graphql(Some(&admin), "mutation { setAgentCapacity(agentId: \"ann\", maxTickets: 0) { id } }", json!({}))
+            .graphql(
+                Some(&admin),
+                "mutation { setAgentCapacity(agentId: \"ann\", maxTickets: 0) { id } }",
+                json!({}),
+            )
             .await;
         assert_eq!(error_code(&response), Some("BAD_USER_INPUT"));
         // Another organization sees nothing of acme's workload.
         let other = Server::token("globex", "admin", "root");
-        assert_eq!(server.data(&other, "{ workload { online } }", json!({})).await["workload"], json!([]));
+        assert_eq!(
+            server
+                .data(&other, "{ workload { online } }", json!({}))
+                .await["workload"],
+            json!([])
+        );
         server.stop().await;
     }
 }

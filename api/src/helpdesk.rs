@@ -330,7 +330,7 @@ impl Helpdesk {
             causation_id: Some(format!("Ticket/{id}/1")),
             ..origin
         };
-        crate::assignment::assign_waiting(
+        let assigned_here = crate::assignment::assign_waiting(
             self,
             &organization,
             division_id.as_deref(),
@@ -339,7 +339,9 @@ impl Helpdesk {
         )
         .await;
         // The assignment process may have given the ticket away first: answer with that.
-        self.wait_for_projections(Ticket::TYPE, &id).await?;
+        if assigned_here == 0 && self.load_ticket(&organization, &id).await?.version() > 1 {
+            self.wait_for_projections(Ticket::TYPE, &id).await?;
+        }
         Ok(TicketRecord {
             id,
             organization_id: organization,
