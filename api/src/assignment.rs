@@ -53,6 +53,10 @@ const SAGA_DEADLINE: Duration = Duration::from_secs(20);
 /// manager releases it (the saga that made it has given up long before).
 const RESERVATION_GRACE_SECONDS: i64 = 60;
 
+/// How often an interactive assignment pass waits for another saga busy with the same
+/// ticket and agent.
+const BUSY_RETRIES: u32 = 8;
+
 /// How often a stale reservation is retried by the saga.
 const SAGA_ATTEMPTS: u32 = 3;
 
@@ -103,9 +107,17 @@ impl Helpdesk {
             None => (caller.actor.id.clone(), AssignmentVia::Claim, "claimTicket"),
             Some(agent) => (agent, AssignmentVia::Admin, "assignTicket"),
         };
-        let result = assign_with_slot(self, &origin, ticket_id, &agent_id, via, None)
-            .await
-            .map_err(SagaFailure::into_error);
+        let result = assign_with_slot(
+            self,
+            &origin,
+            ticket_id,
+            &agent_id,
+            via,
+            None,
+            Wait::ForProjections,
+        )
+        .await
+        .map_err(SagaFailure::into_error);
         // The whole saga is the client's command; its steps are measured under their own
         // names (reserveSlot, assignWithSlot, releaseSlot).
         self.measure(name, started, &result);
@@ -121,6 +133,7 @@ async fn assign_with_slot(
     agent_id: &str,
     via: AssignmentVia,
     decision: Option<AssignmentDecision>,
+    wait: Wait,
 ) -> Result<DateTime<Utc>, SagaFailure> {
     let mut attempt = 0;
     loop {
@@ -166,6 +179,7 @@ async fn assign_with_slot(
                     ticket_version: reservation,
                     division_id: ticket.division_id().map(str::to_string),
                     via,
+                    reservation_id: uuid::Uuid::new_v4().to_string(),
                 },
                 origin,
                 "reserveSlot",
@@ -185,7 +199,7 @@ async fn assign_with_slot(
                     action,
                     origin,
                     "assignWithSlot",
-                    Wait::ForProjections,
+                    wait,
                 )
                 .await
         };
@@ -196,10 +210,12 @@ async fn assign_with_slot(
         // A lost answer may hide a success: then the slot is in use and stays.
         if let Ok(now) = helpdesk.load_ticket(&origin.organization, ticket_id).await {
             if now.assigned_with(agent_id, reservation) {
-                helpdesk
-                    .wait_for_projections("Ticket", ticket_id)
-                    .await
-                    .map_err(SagaFailure::Ticket)?;
+                if wait == Wait::ForProjections {
+                    helpdesk
+                        .wait_for_projections("Ticket", ticket_id)
+                        .await
+                        .map_err(SagaFailure::Ticket)?;
+                }
                 return Ok(Utc::now());
             }
         }
@@ -244,16 +260,18 @@ async fn release(
 }
 
 /// Gives waiting tickets of one queue (`division_id` `None`: tickets without a division)
-/// to eligible agents, oldest highest-priority first, at most `limit` of them. Returns how
-/// many were assigned. Queues of CLAIM divisions are left to the agents.
+/// to eligible agents, oldest highest-priority first, at most `limit` of them; each
+/// assignment waits for the projections when `wait` says so. Returns how many were
+/// assigned. Queues of CLAIM divisions are left to the agents.
 pub(crate) async fn assign_waiting(
     helpdesk: &Helpdesk,
     organization: &str,
     division_id: Option<&str>,
     origin: &Origin,
     limit: Option<usize>,
+    wait: Wait,
 ) -> usize {
-    match try_assign_waiting(helpdesk, organization, division_id, origin, limit).await {
+    match try_assign_waiting(helpdesk, organization, division_id, origin, limit, wait).await {
         Ok(assigned) => assigned,
         Err(error) => {
             tracing::warn!(
@@ -273,6 +291,7 @@ async fn try_assign_waiting(
     division_id: Option<&str>,
     origin: &Origin,
     limit: Option<usize>,
+    wait: Wait,
 ) -> ApiResult<usize> {
     let db = &helpdesk.db;
     let algorithm = match division_id {
@@ -310,6 +329,7 @@ async fn try_assign_waiting(
     let mut refused: BTreeSet<String> = BTreeSet::new();
     let mut assigned = 0;
     'tickets: for (ticket_id, _) in heads {
+        let mut busy_retries = 0u32;
         loop {
             let candidates: Vec<Candidate> = agents
                 .iter()
@@ -338,6 +358,7 @@ async fn try_assign_waiting(
                 &winner,
                 AssignmentVia::Auto,
                 Some(decision),
+                wait,
             )
             .await;
             let measured = match &outcome {
@@ -353,6 +374,16 @@ async fn try_assign_waiting(
                         agent.last_assigned_at = Some(projections::db::timestamp(at));
                     }
                     continue 'tickets;
+                }
+                Err(SagaFailure::Slot(ApiError::Conflict(_))) => {
+                    // Another saga is assigning this ticket to this agent right now. The
+                    // process moves on; a caller waiting for the answer gives it a moment,
+                    // so that it answers with the assignment once it has landed.
+                    busy_retries += 1;
+                    if wait == Wait::No || busy_retries > BUSY_RETRIES {
+                        continue 'tickets;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10 * busy_retries as u64)).await;
                 }
                 Err(SagaFailure::Slot(error)) => {
                     tracing::debug!(agent = winner, code = error.code(), "slot refused");
@@ -407,7 +438,9 @@ async fn reconcile(
     let mut assigned = 0;
     for key in projections::queue::waiting_divisions(&helpdesk.db, organization).await? {
         let division = (key != NO_DIVISION).then_some(key.as_str());
-        assigned += assign_waiting(helpdesk, organization, division, &origin, None).await;
+        // Nobody waits for the process's answers: it decides on its own bookkeeping and
+        // waits for the projections once per batch instead.
+        assigned += assign_waiting(helpdesk, organization, division, &origin, None, Wait::No).await;
     }
     Ok(assigned)
 }

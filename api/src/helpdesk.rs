@@ -336,6 +336,7 @@ impl Helpdesk {
             division_id.as_deref(),
             &caused,
             Some(1),
+            Wait::ForProjections,
         )
         .await;
         // The assignment process may have given the ticket away first: answer with that.

@@ -55,6 +55,8 @@ pub enum AgentAction {
         ticket_version: u64,
         division_id: Option<String>,
         via: AssignmentVia,
+        /// Unique per saga attempt: only the saga that made a reservation may repeat it.
+        reservation_id: String,
     },
     /// The ticket left the agent at `ticket_version` (or the assignment the reservation was
     /// for did not happen): frees its slot if it was reserved before that version.
@@ -87,6 +89,9 @@ pub enum AgentEvent {
         ticket_id: String,
         ticket_version: u64,
         via: AssignmentVia,
+        /// The saga attempt that made it.
+        #[serde(default)]
+        reservation_id: String,
     },
     /// A slot was freed.
     SlotReleased {
@@ -126,6 +131,8 @@ pub struct AgentStatus {
     division_ids: BTreeSet<String>,
     /// Held or reserved slots: ticket id -> the ticket version the slot was reserved at.
     slots: BTreeMap<String, u64>,
+    /// Ticket id -> the saga attempt that reserved its slot.
+    reservation_ids: BTreeMap<String, String>,
 }
 
 impl AgentStatus {
@@ -240,10 +247,27 @@ impl AgentStatus {
                 ticket_version,
                 division_id,
                 via,
+                reservation_id,
             } => {
-                if self.slots.get(&ticket_id) == Some(&ticket_version) {
-                    // The same reservation again (a retried saga step): nothing new.
-                    return Ok(vec![]);
+                match self.slots.get(&ticket_id) {
+                    Some(reserved) if *reserved == ticket_version => {
+                        if self.reservation_ids.get(&ticket_id) == Some(&reservation_id) {
+                            // The same saga repeating its step: nothing new.
+                            return Ok(vec![]);
+                        }
+                        // Two sagas must never share one slot: the other might release it
+                        // while this one assigns.
+                        return Err(AgentError::Stale(format!(
+                            "another assignment of this ticket to agent {} is in progress",
+                            self.name
+                        )));
+                    }
+                    Some(reserved) if *reserved > ticket_version => {
+                        return Err(AgentError::Stale(
+                            "the ticket changed since it was read".into(),
+                        ));
+                    }
+                    _ => {}
                 }
                 if via == AssignmentVia::Auto && !self.online {
                     return Err(AgentError::InvalidTransition(format!(
@@ -273,6 +297,7 @@ impl AgentStatus {
                     ticket_id,
                     ticket_version,
                     via,
+                    reservation_id,
                 }
             }
             AgentAction::ReleaseSlot {
@@ -360,12 +385,15 @@ impl Aggregate for AgentStatus {
             AgentEvent::SlotReserved {
                 ticket_id,
                 ticket_version,
+                reservation_id,
                 ..
             } => {
-                self.slots.insert(ticket_id, ticket_version);
+                self.slots.insert(ticket_id.clone(), ticket_version);
+                self.reservation_ids.insert(ticket_id, reservation_id);
             }
             AgentEvent::SlotReleased { ticket_id, .. } => {
                 self.slots.remove(&ticket_id);
+                self.reservation_ids.remove(&ticket_id);
             }
         }
     }
@@ -450,12 +478,18 @@ mod tests {
         }
     }
 
+    /// The reservation id the helpers use: one saga attempt per ticket and version.
+    fn saga(ticket: &str, version: u64) -> String {
+        format!("{ticket}@{version}")
+    }
+
     fn reserve(ticket: &str, version: u64, via: AssignmentVia) -> AgentAction {
         AgentAction::ReserveSlot {
             ticket_id: ticket.into(),
             ticket_version: version,
             division_id: Some("a".into()),
             via,
+            reservation_id: saga(ticket, version),
         }
     }
 
@@ -464,6 +498,7 @@ mod tests {
             ticket_id: ticket.into(),
             ticket_version: version,
             via,
+            reservation_id: saga(ticket, version),
         }
     }
 
@@ -567,6 +602,32 @@ mod tests {
     }
 
     #[test]
+    fn two_sagas_never_share_a_slot() {
+        let mut other = reserve("t4", 1, AssignmentVia::Auto);
+        if let AgentAction::ReserveSlot { reservation_id, .. } = &mut other {
+            *reservation_id = "another saga".into();
+        }
+        TestFramework::<AgentStatus>::with(())
+            .given(full_agent(5))
+            .when(as_role(Role::Service, other))
+            .then_expect_error(AgentError::Stale(
+                "another assignment of this ticket to agent Ann is in progress".into(),
+            ));
+        // A reservation for an older version than the one held comes from a stale read.
+        let mut given = full_agent(5);
+        given.push(reserved("t4", 3, AssignmentVia::Auto));
+        TestFramework::<AgentStatus>::with(())
+            .given(given)
+            .when(as_role(
+                Role::Service,
+                reserve("t4", 2, AssignmentVia::Auto),
+            ))
+            .then_expect_error(AgentError::Stale(
+                "the ticket changed since it was read".into(),
+            ));
+    }
+
+    #[test]
     fn a_release_frees_the_slot_only_when_it_is_newer_than_the_reservation() {
         let release = |version| AgentAction::ReleaseSlot {
             ticket_id: "t0".into(),
@@ -635,6 +696,7 @@ mod tests {
             ticket_version: 1,
             division_id: Some("z".into()),
             via,
+            reservation_id: saga("t1", 1),
         };
         for via in [AssignmentVia::Claim, AssignmentVia::Auto] {
             TestFramework::<AgentStatus>::with(())
@@ -658,6 +720,7 @@ mod tests {
                     ticket_version: 1,
                     division_id: None,
                     via: AssignmentVia::Claim,
+                    reservation_id: saga("t1", 1),
                 },
             ))
             .then_expect_events(vec![reserved("t1", 1, AssignmentVia::Claim)]);

@@ -349,7 +349,9 @@ impl Runner {
     }
 
     async fn reload(&self) {
-        match load_checkpoint(&self.db, self.projection.name()).await {
+        // A plain read: the row exists since start, and an upsert would queue behind the
+        // holder's row lock while it applies a batch.
+        match read_checkpoint(&self.db, self.projection.name()).await {
             Ok(stored) => {
                 self.progress.send_replace(stored);
             }
@@ -615,6 +617,22 @@ pub async fn load_checkpoint(db: &Database, name: &str) -> Result<Checkpoint, Db
             .await?
     });
     Ok(Checkpoint { tx_id, position })
+}
+
+/// Reads the stored checkpoint of `name` (the start when it has none yet).
+pub async fn read_checkpoint(db: &Database, name: &str) -> Result<Checkpoint, DbError> {
+    let stored: Option<(i64, i64)> = on_backend!(db, |pool| sqlx::query_as(
+        "SELECT tx_id, position FROM projection_checkpoints WHERE name = $1"
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?);
+    Ok(
+        stored.map_or(Checkpoint::START, |(tx_id, position)| Checkpoint {
+            tx_id,
+            position,
+        }),
+    )
 }
 
 /// Empties the projection's tables and moves its checkpoint back to the start, in one
