@@ -206,6 +206,49 @@ async fn round_robin_deals_thirty_tickets_ten_each_in_rotation() {
         // The 31st waits: everyone is full.
         let t = create(&server, "t30", Some(&support), "MEDIUM").await;
         assert_eq!(t["status"], "QUEUED");
+
+        // Every automatic assignment records who was considered and why the winner won.
+        let db = db.connect().await;
+        let events =
+            projections::event_log::read_after(&db, projections::Checkpoint::START, 10_000)
+                .await
+                .unwrap();
+        let decisions: Vec<serde_json::Value> = events
+            .iter()
+            .filter(|e| e.event_type == "TicketAssigned")
+            .map(|e| e.payload["TicketAssigned"].clone())
+            .collect();
+        assert_eq!(decisions.len(), 30);
+        let fourth = &decisions[3];
+        assert_eq!(fourth["via"], "auto");
+        assert_eq!(fourth["agent_id"], "ann");
+        let decision = &fourth["decision"];
+        assert_eq!(decision["algorithm"], "ROUND_ROBIN");
+        assert_eq!(decision["winner"], "ann");
+        assert_eq!(decision["eligible"], 3);
+        let considered: Vec<&str> = decision["considered"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["agent_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(considered, ["ann", "ben", "cid"]);
+        assert!(
+            decision["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("round robin: least recently assigned"),
+            "{decision}"
+        );
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.metadata.actor.id == "system:assignment"
+                    && e.event_type == "TicketAssigned")
+                .count(),
+            30
+        );
+        db.close().await;
         server.stop().await;
     }
 }
