@@ -238,8 +238,10 @@ mod tests {
 
     #[test]
     fn the_first_change_records_the_whole_settings() {
-        let mut expected = QueueSettings::default();
-        expected.offline_policy = OfflinePolicy::Requeue;
+        let expected = QueueSettings {
+            offline_policy: OfflinePolicy::Requeue,
+            ..Default::default()
+        };
         TestFramework::<OrganizationQueue>::with(())
             .given_no_previous_events()
             .when(change(
