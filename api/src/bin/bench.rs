@@ -1,6 +1,16 @@
-//! `bench`: throughput, command latency and projection lag of the helpdesk's command side.
+//! `bench`: throughput, command latency and projection lag of the helpdesk's command side,
+//! and two scenario benchmarks of the queue.
 //!
-//! # What runs
+//! `--scenario` picks what runs (each on PostgreSQL and on SQLite, as `--backend` says):
+//!
+//! - `lifecycle` (the default, described below): ticket lifecycles, with a bare cqrs-es
+//!   baseline.
+//! - `assignment`: how long a ticket waits for an agent with 500 agents busy and 10,000
+//!   tickets queued — see the `assignment` module (`bench/assignment.rs`).
+//! - `queue-position`: `projections::queue::position` and `page` on a queue of 100,000
+//!   tickets — see the `queue_position` module (`bench/queue_position.rs`).
+//!
+//! # What runs (lifecycle)
 //!
 //! `N` ticket lifecycles — create, admin assign, resolve (by the assigned agent), so `3N`
 //! commands — are driven by `C` concurrent workers (tokio tasks taking the next lifecycle
@@ -48,6 +58,8 @@
 //! ```text
 //! cargo run --release -p api --bin bench -- --lifecycles 2000 --workers 8
 //! cargo run --release -p api --bin bench -- --backend sqlite --sqlite-path /tmp/bench
+//! cargo run --release -p api --bin bench -- --scenario assignment
+//! cargo run --release -p api --bin bench -- --scenario queue-position --explain
 //! ```
 //!
 //! PostgreSQL is reached at `--postgres-url` (default `TEST_DATABASE_URL`, else
@@ -88,6 +100,13 @@ use api::error::ApiError;
 use api::helpdesk::{all_projections, Helpdesk, NewTicket};
 use projections::telemetry::label;
 
+// The scenario modules live in `bench/` next to this file (this file stays the binary's root,
+// as `api/Cargo.toml` names it).
+#[path = "bench/assignment.rs"]
+mod assignment;
+#[path = "bench/queue_position.rs"]
+mod queue_position;
+
 /// The PostgreSQL server used when neither `--postgres-url` nor `TEST_DATABASE_URL` is set.
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -102,6 +121,7 @@ const COMMANDS_PER_LIFECYCLE: u64 = 3;
 
 /// The p-quantiles reported.
 const P50: f64 = 0.50;
+const P90: f64 = 0.90;
 const P99: f64 = 0.99;
 
 /// postgres-es's own event table (its `db/init.sql`), the only table of the baseline.
@@ -141,6 +161,54 @@ struct Args {
     /// Folder for the SQLite file (created if missing); default a fresh temporary folder.
     #[arg(long)]
     sqlite_path: Option<PathBuf>,
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Scenario::Lifecycle)]
+    scenario: Scenario,
+    /// assignment: registered agents (10 of them serve the express division, the rest the
+    /// backlog division).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(12..=10_000))]
+    agents: u64,
+    /// assignment: active tickets each agent may hold (every backlog agent is filled).
+    #[arg(long, default_value_t = domain::agent::DEFAULT_MAX_TICKETS as u64,
+          value_parser = clap::value_parser!(u64).range(1..=domain::agent::MAX_MAX_TICKETS as u64))]
+    capacity: u64,
+    /// assignment: tickets still waiting in the backlog queue after the last measured sample.
+    #[arg(long, default_value_t = 10_000)]
+    queued: u64,
+    /// assignment: samples of each measurement.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    samples: u64,
+    /// assignment: agents resolving at the same time while slots are refilled (1: one at a
+    /// time, the helpdesk at rest before each sample).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    resolvers: u64,
+    /// queue-position: tickets waiting in the measured queue.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    queue_size: u64,
+    /// queue-position: random `position` lookups.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    lookups: u64,
+    /// queue-position: `page` calls after a random cursor (and a tenth as many head pages).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pages: u64,
+    /// queue-position: also print the query plans of the queue statements.
+    #[arg(long)]
+    explain: bool,
+    /// assignment and queue-position: keep the databases for inspection (their names are
+    /// printed) instead of removing them.
+    #[arg(long)]
+    keep_databases: bool,
+}
+
+/// The `--scenario` choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Ticket lifecycles: throughput, command latency, projection lag (with the baseline).
+    Lifecycle,
+    /// Latency from a ticket's creation, or from a freed slot, to the ticket's assignment.
+    Assignment,
+    /// Queue-position and queue-page lookups in a long queue.
+    QueuePosition,
 }
 
 /// The `--backend` choices.
@@ -174,16 +242,129 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    match run(&args).await {
-        Ok(results) => {
-            print_report(&args, &results);
-            ExitCode::SUCCESS
-        }
+    let outcome = match args.scenario {
+        Scenario::Lifecycle => run(&args)
+            .await
+            .map(|results| print_report(&args, &results)),
+        Scenario::Assignment => assignment::run(&args)
+            .await
+            .map(|runs| assignment::print_report(&args, &runs)),
+        Scenario::QueuePosition => queue_position::run(&args)
+            .await
+            .map(|runs| queue_position::print_report(&args, &runs)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("bench: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `measure(backend, url)` on a fresh PostgreSQL database named `<prefix>_*` and on a
+/// fresh SQLite file, as `--backend` says; the databases are removed afterwards.
+async fn on_fresh_databases<T, F, Fut>(
+    args: &Args,
+    prefix: &str,
+    mut measure: F,
+) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(&'static str, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut results = Vec::new();
+    if args.backend.postgres() {
+        let server = PgServer::connect(&args.postgres_url).await?;
+        let measured = async {
+            let url = server.create_database(prefix).await?;
+            measure("postgres", url).await
+        }
+        .await;
+        // Drop the database whether or not the measurement succeeded.
+        let dropped = if args.keep_databases {
+            server.keep_databases().await;
+            Ok(())
+        } else {
+            server.drop_databases().await
+        };
+        results.push(measured?);
+        dropped?;
+    }
+    if args.backend.sqlite() {
+        let folder = SqliteFolder::new(args.sqlite_path.as_deref())?;
+        let url = format!("sqlite://{}", folder.file.display());
+        let measured = measure("sqlite", url).await;
+        if args.keep_databases {
+            eprintln!("kept the SQLite database {}", folder.file.display());
+        } else {
+            folder.remove();
+        }
+        results.push(measured?);
+    }
+    Ok(results)
+}
+
+/// A progress bar on stderr for `len` steps of `what`.
+fn progress_bar(len: u64, what: &str) -> anyhow::Result<ProgressBar> {
+    let template = format!("  {{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}");
+    Ok(ProgressBar::new(len)
+        .with_style(ProgressStyle::with_template(&template).context("progress bar template")?))
+}
+
+/// Runs `step(i)` for every `i` in `0..count`, `workers` at a time, showing progress; stops
+/// at the first error.
+async fn for_each_concurrently<F, Fut>(
+    what: &str,
+    count: u64,
+    workers: u64,
+    step: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use futures::{StreamExt, TryStreamExt};
+    let progress = progress_bar(count, what)?;
+    let done = futures::stream::iter(0..count)
+        .map(step)
+        .buffer_unordered(workers.max(1) as usize)
+        .try_for_each(|()| {
+            progress.inc(1);
+            futures::future::ready(Ok(()))
+        })
+        .await;
+    progress.finish_and_clear();
+    done
+}
+
+/// A latency quantile of a microsecond histogram, in milliseconds.
+fn ms_at(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1e3
+}
+
+/// `count  p50  p90  p99  max` of a microsecond histogram, in milliseconds, for the scenario
+/// tables (`-` columns when it holds no sample).
+fn quantile_columns(histogram: &Histogram<u64>) -> String {
+    if histogram.is_empty() {
+        return format!("{:>6} {:>8} {:>8} {:>8} {:>8}", 0, "-", "-", "-", "-");
+    }
+    format!(
+        "{:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+        histogram.len(),
+        ms_at(histogram, P50),
+        ms_at(histogram, P90),
+        ms_at(histogram, P99),
+        histogram.max() as f64 / 1e3
+    )
+}
+
+/// The header matching [`quantile_columns`].
+fn quantile_header() -> String {
+    format!(
+        "{:>6} {:>8} {:>8} {:>8} {:>8}",
+        "n", "p50 ms", "p90 ms", "p99 ms", "max ms"
+    )
 }
 
 /// Runs the selected measurements, in the order helpdesk/postgres, baseline, helpdesk/sqlite.
@@ -722,6 +903,19 @@ impl PgServer {
             .unwrap_or_else(|e| e.into_inner())
             .push(name.clone());
         with_database(&self.url, &name)
+    }
+
+    /// Leaves the databases this bench created in place, naming them on stderr.
+    async fn keep_databases(self) {
+        for name in self
+            .created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            eprintln!("kept the PostgreSQL database {name}");
+        }
+        self.admin.close().await;
     }
 
     /// Drops every database this bench created.
