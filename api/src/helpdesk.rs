@@ -229,9 +229,14 @@ impl Helpdesk {
             if self.progress.wait_for_all(head, left).await.is_err() {
                 return false;
             }
-            let caught_up =
-                tokio::time::timeout_at(deadline, reconciled.wait_for(|at| *at >= head)).await;
-            if !matches!(caught_up, Ok(Ok(_))) {
+            // Only a boolean survives this statement: the `watch::Ref` inside the result holds
+            // the channel's read lock, and keeping it across the next `.await` would block the
+            // assignment process's `send_replace` (a runtime thread) until the query returns.
+            let caught_up = matches!(
+                tokio::time::timeout_at(deadline, reconciled.wait_for(|at| *at >= head)).await,
+                Ok(Ok(_))
+            );
+            if !caught_up {
                 return false;
             }
             match event_log::log_head(&self.db).await {

@@ -9,10 +9,12 @@ use sqlx::FromRow;
 
 use crate::db::{parse_timestamp, timestamp, Bind, Database, DbError, Statement, Tx};
 use crate::event_log::StoredEvent;
+use crate::queue::BUCKET_WIDTH;
 use crate::runner::Projection;
 use crate::{bind_all, on_backend};
 
-/// Builds `tickets`, `ticket_comments` and `queue_entries` from Ticket events.
+/// Builds `tickets`, `ticket_comments`, the queues (`queue_entries`, `queue_buckets`,
+/// `queue_counters`) and `agent_assignments` from Ticket events.
 #[derive(Debug, Default)]
 pub struct TicketsProjection;
 
@@ -37,6 +39,8 @@ impl Projection for TicketsProjection {
             "tickets",
             "ticket_comments",
             "queue_entries",
+            "queue_buckets",
+            "queue_counters",
             "agent_assignments",
         ]
     }
@@ -79,7 +83,7 @@ impl Projection for TicketsProjection {
                     .execute(&mut **t)
                     .await?;
                 });
-                join_queue(tx, id).await?;
+                join_queue(tx, id, Place::Back).await?;
             }
             TicketEvent::TicketAssigned { agent_id, .. } => {
                 update(
@@ -150,10 +154,11 @@ impl Projection for TicketsProjection {
                     &at,
                 )
                 .await?;
-                join_queue(tx, id).await?;
+                join_queue(tx, id, Place::Back).await?;
             }
             TicketEvent::TicketRequeued { .. } => {
-                // Back at the place it had before it was assigned (its `queued_since`).
+                // Back at the place it had before it was assigned (its join sequence number and
+                // `queued_since`).
                 update(
                     tx,
                     "status = 'QUEUED', assignee_id = NULL, assigned_at = NULL",
@@ -163,7 +168,7 @@ impl Projection for TicketsProjection {
                     &at,
                 )
                 .await?;
-                join_queue(tx, id).await?;
+                join_queue(tx, id, Place::Original).await?;
             }
             TicketEvent::TicketPriorityChanged { to, .. } => {
                 update(
@@ -175,13 +180,7 @@ impl Projection for TicketsProjection {
                     &at,
                 )
                 .await?;
-                on_backend!(tx, |t| {
-                    sqlx::query("UPDATE queue_entries SET priority_rank = $2 WHERE ticket_id = $1")
-                        .bind(id)
-                        .bind(to.queue_rank())
-                        .execute(&mut **t)
-                        .await?;
-                });
+                change_queue_priority(tx, id, to).await?;
             }
             TicketEvent::CommentAdded {
                 comment_id,
@@ -261,19 +260,36 @@ async fn update(
     Ok(())
 }
 
-/// Puts the ticket in its division's queue at its priority, waiting since its
-/// `queued_since`.
-async fn join_queue(tx: &mut Tx, id: &str) -> Result<(), DbError> {
-    let (organization, division_id, priority, number, queued_since): (
+/// Where a ticket joining its queue is placed among those of its priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Behind everyone already there: a new join sequence number (creation, reopen).
+    Back,
+    /// At the place it had before it was assigned: its own sequence number (requeue).
+    Original,
+}
+
+/// A queue entry's coordinates, what its bucket count depends on.
+struct EntryKey {
+    organization: String,
+    division_key: String,
+    priority_rank: i64,
+    seq: i64,
+}
+
+/// Puts the ticket in its division's queue at its priority and `place`.
+async fn join_queue(tx: &mut Tx, id: &str, place: Place) -> Result<(), DbError> {
+    let (organization, division_id, priority, number, queued_since, seq): (
         String,
         Option<String>,
         String,
         i64,
         String,
+        Option<i64>,
     ) = on_backend!(tx, |t| {
         sqlx::query_as(
             "SELECT organization_id, division_id, priority, number,
-                    COALESCE(queued_since, created_at)
+                    COALESCE(queued_since, created_at), queue_seq
                FROM tickets WHERE id = $1",
         )
         .bind(id)
@@ -281,32 +297,146 @@ async fn join_queue(tx: &mut Tx, id: &str) -> Result<(), DbError> {
         .await?
     });
     let priority: Priority = priority.parse().map_err(DbError::Corrupt)?;
+    let division_key = division_id.unwrap_or_else(|| NO_DIVISION.to_string());
+    let seq = match (place, seq) {
+        (Place::Original, Some(seq)) => seq,
+        // A ticket never numbered (none are, after migration 0005) joins at the back.
+        _ => {
+            let seq = next_seq(tx, &organization, &division_key).await?;
+            on_backend!(tx, |t| {
+                sqlx::query("UPDATE tickets SET queue_seq = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(seq)
+                    .execute(&mut **t)
+                    .await?;
+            });
+            seq
+        }
+    };
+    let key = EntryKey {
+        organization,
+        division_key,
+        priority_rank: priority.queue_rank(),
+        seq,
+    };
     on_backend!(tx, |t| {
         sqlx::query(
             "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
-                priority_rank, waiting_since, number)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+                priority_rank, seq, waiting_since, number)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id)
-        .bind(&organization)
-        .bind(division_id.as_deref().unwrap_or(NO_DIVISION))
-        .bind(priority.queue_rank())
+        .bind(&key.organization)
+        .bind(&key.division_key)
+        .bind(key.priority_rank)
+        .bind(key.seq)
         .bind(&queued_since)
         .bind(number)
         .execute(&mut **t)
         .await?;
     });
+    count_in_bucket(tx, &key, 1).await
+}
+
+/// The next join sequence number of a queue. Only the projection writes the counter, one
+/// event at a time, so replaying the log hands out the same numbers.
+async fn next_seq(tx: &mut Tx, organization: &str, division_key: &str) -> Result<i64, DbError> {
+    Ok(on_backend!(tx, |t| {
+        sqlx::query_scalar(
+            "INSERT INTO queue_counters (organization_id, division_key, last_seq)
+             VALUES ($1, $2, 1)
+             ON CONFLICT (organization_id, division_key)
+                DO UPDATE SET last_seq = queue_counters.last_seq + 1
+             RETURNING last_seq",
+        )
+        .bind(organization)
+        .bind(division_key)
+        .fetch_one(&mut **t)
+        .await?
+    }))
+}
+
+/// Adds `delta` (+1 or -1) to the count of the entry's bucket; a bucket left empty is
+/// deleted, so the buckets of a queue are never more than its entries.
+async fn count_in_bucket(tx: &mut Tx, key: &EntryKey, delta: i64) -> Result<(), DbError> {
+    let bucket = key.seq / BUCKET_WIDTH;
+    on_backend!(tx, |t| {
+        sqlx::query(
+            "INSERT INTO queue_buckets (organization_id, division_key, priority_rank, bucket,
+                entries)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (organization_id, division_key, priority_rank, bucket)
+                DO UPDATE SET entries = queue_buckets.entries + excluded.entries",
+        )
+        .bind(&key.organization)
+        .bind(&key.division_key)
+        .bind(key.priority_rank)
+        .bind(bucket)
+        .bind(delta)
+        .execute(&mut **t)
+        .await?;
+        if delta < 0 {
+            sqlx::query(
+                "DELETE FROM queue_buckets
+                  WHERE organization_id = $1 AND division_key = $2 AND priority_rank = $3
+                    AND bucket = $4 AND entries <= 0",
+            )
+            .bind(&key.organization)
+            .bind(&key.division_key)
+            .bind(key.priority_rank)
+            .bind(bucket)
+            .execute(&mut **t)
+            .await?;
+        }
+    });
     Ok(())
 }
 
-async fn leave_queue(tx: &mut Tx, id: &str) -> Result<(), DbError> {
-    on_backend!(tx, |t| {
-        sqlx::query("DELETE FROM queue_entries WHERE ticket_id = $1")
-            .bind(id)
-            .execute(&mut **t)
-            .await?;
+/// Takes the ticket out of its queue, if it is in one; returns where it was.
+async fn leave_queue(tx: &mut Tx, id: &str) -> Result<Option<EntryKey>, DbError> {
+    let left: Option<(String, String, i64, i64)> = on_backend!(tx, |t| {
+        sqlx::query_as(
+            "DELETE FROM queue_entries WHERE ticket_id = $1
+             RETURNING organization_id, division_key, priority_rank, seq",
+        )
+        .bind(id)
+        .fetch_optional(&mut **t)
+        .await?
     });
-    Ok(())
+    let Some((organization, division_key, priority_rank, seq)) = left else {
+        return Ok(None);
+    };
+    let key = EntryKey {
+        organization,
+        division_key,
+        priority_rank,
+        seq,
+    };
+    count_in_bucket(tx, &key, -1).await?;
+    Ok(Some(key))
+}
+
+/// Moves a queued ticket to the band of its new priority, keeping its join sequence number.
+async fn change_queue_priority(tx: &mut Tx, id: &str, to: Priority) -> Result<(), DbError> {
+    let Some(mut key) = leave_queue(tx, id).await? else {
+        return Ok(());
+    };
+    key.priority_rank = to.queue_rank();
+    on_backend!(tx, |t| {
+        sqlx::query(
+            "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
+                priority_rank, seq, waiting_since, number)
+             SELECT id, organization_id, $2, $3, $4, COALESCE(queued_since, created_at), number
+               FROM tickets WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&key.division_key)
+        .bind(key.priority_rank)
+        .bind(key.seq)
+        .execute(&mut **t)
+        .await?;
+    });
+    count_in_bucket(tx, &key, 1).await
 }
 
 /// A ticket as the read model holds it.

@@ -399,27 +399,19 @@ pub fn parse_ticket_cursor(cursor: &str) -> ApiResult<i64> {
         .ok_or_else(|| ApiError::bad_input("malformed cursor"))
 }
 
-/// Cursor of a queue entry.
+/// Cursor of a queue entry: its place in the queue order (priority, then join sequence).
 pub fn queue_cursor(key: &QueueKey) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "queue:{}|{}|{}",
-        key.priority_rank, key.waiting_since, key.number
-    ))
+    URL_SAFE_NO_PAD.encode(format!("queue:{}|{}", key.priority_rank, key.seq))
 }
 
-/// Reads a queue cursor.
+/// Reads a queue cursor. Cursors written before the join sequence existed (three fields)
+/// are refused as malformed: a client starts again from the head.
 pub fn parse_queue_cursor(cursor: &str) -> ApiResult<QueueKey> {
     let parsed = decode(cursor).and_then(|text| {
-        let rest = text.strip_prefix("queue:")?;
-        let mut parts = rest.splitn(3, '|');
-        let priority_rank = parts.next()?.parse().ok()?;
-        let waiting_since = parts.next()?.to_string();
-        let number = parts.next()?.parse().ok()?;
-        parse_timestamp(&waiting_since).ok()?;
+        let (rank, seq) = text.strip_prefix("queue:")?.split_once('|')?;
         Some(QueueKey {
-            priority_rank,
-            waiting_since,
-            number,
+            priority_rank: rank.parse().ok()?,
+            seq: seq.parse().ok()?,
         })
     });
     parsed.ok_or_else(|| ApiError::bad_input("malformed cursor"))
@@ -449,12 +441,13 @@ mod tests {
         assert_eq!(parse_ticket_cursor(&ticket_cursor(42)), Ok(42));
         let key = QueueKey {
             priority_rank: 1,
-            waiting_since: "2026-11-21T08:00:00.000000Z".into(),
-            number: 7,
+            seq: 7,
         };
         assert_eq!(parse_queue_cursor(&queue_cursor(&key)), Ok(key));
         assert!(parse_ticket_cursor("!!").is_err());
         assert!(parse_queue_cursor(&ticket_cursor(1)).is_err());
+        let old_style = URL_SAFE_NO_PAD.encode("queue:1|2026-11-21T08:00:00.000000Z|7");
+        assert!(parse_queue_cursor(&old_style).is_err());
     }
 }
 

@@ -9,7 +9,10 @@
 //! so the rows the tickets projection would have written are **inserted directly**, in
 //! batches of 500: one `tickets` row (status QUEUED) and one `queue_entries` row per ticket,
 //! all in one organization and one division, ticket numbers 1..N, one arrival every 500 ms,
-//! priorities drawn 5 % URGENT, 20 % HIGH, 60 % MEDIUM, 15 % LOW (seeded). Then the tables
+//! priorities drawn 5 % URGENT, 20 % HIGH, 60 % MEDIUM, 15 % LOW (seeded). Join sequence
+//! numbers leave a gap after a third of the tickets (drawn), as the tickets already
+//! assigned would have. Then the `queue_buckets` and `queue_counters` rows are computed from
+//! the entries in SQL (what the projection keeps as entries come and go) and the tables
 //! are analysed — PostgreSQL `VACUUM (ANALYZE)` (what autovacuum would have done by then, so
 //! that index-only scans find the visibility map set), SQLite `ANALYZE`.
 //!
@@ -29,7 +32,7 @@ use anyhow::{bail, Context};
 use chrono::{TimeZone, Utc};
 use hdrhistogram::Histogram;
 use projections::db::{timestamp, Backend};
-use projections::queue::QueueKey;
+use projections::queue::{QueueKey, BUCKET_WIDTH, PAGE_SQL, TOTAL_SQL};
 use projections::Database;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -79,6 +82,7 @@ pub struct QueueRun {
 struct Entry {
     id: String,
     rank: i64,
+    seq: i64,
     since: String,
     number: i64,
 }
@@ -113,7 +117,7 @@ async fn measure(backend: &'static str, db: &Database, args: &Args) -> anyhow::R
     let mut order: Vec<usize> = (0..size).collect();
     order.sort_by(|&a, &b| {
         let (a, b) = (&entries[a], &entries[b]);
-        (a.rank, &a.since, a.number).cmp(&(b.rank, &b.since, b.number))
+        (a.rank, a.seq).cmp(&(b.rank, b.seq))
     });
     let mut place = vec![0i64; size];
     for (k, &index) in order.iter().enumerate() {
@@ -139,8 +143,7 @@ async fn measure(backend: &'static str, db: &Database, args: &Args) -> anyhow::R
         let j = rng.gen_range(0..size);
         let key = QueueKey {
             priority_rank: entries[j].rank,
-            waiting_since: entries[j].since.clone(),
-            number: entries[j].number,
+            seq: entries[j].seq,
         };
         let started = Instant::now();
         let page = projections::queue::page(db, ORGANIZATION, DIVISION, PAGE, Some(&key)).await?;
@@ -190,8 +193,10 @@ fn generate(size: usize, rng: &mut StdRng) -> Vec<Entry> {
         .with_ymd_and_hms(2025, 1, 6, 8, 0, 0)
         .single()
         .unwrap_or_else(Utc::now);
+    let mut seq = 0;
     (0..size)
         .map(|i| {
+            seq += if rng.gen_range(0..3) == 0 { 2 } else { 1 };
             let rank = match rng.gen_range(0..100) {
                 0..=4 => 0,
                 5..=24 => 1,
@@ -201,6 +206,7 @@ fn generate(size: usize, rng: &mut StdRng) -> Vec<Entry> {
             Entry {
                 id: uuid::Uuid::new_v4().to_string(),
                 rank,
+                seq,
                 since: timestamp(start + chrono::Duration::milliseconds(500 * i as i64)),
                 number: i as i64 + 1,
             }
@@ -212,38 +218,40 @@ fn generate(size: usize, rng: &mut StdRng) -> Vec<Entry> {
 async fn insert(db: &Database, entries: &[Entry]) -> anyhow::Result<()> {
     let progress = progress_bar(entries.len() as u64, "queued tickets inserted")?;
     for chunk in entries.chunks(BATCH) {
-        // $1 the organization, $2 the division; then 6 values per ticket row, 4 per queue row.
+        // $1 the organization, $2 the division; then 7 values per ticket row, 5 per queue row.
         let mut tickets = String::from(
             "INSERT INTO tickets (id, organization_id, number, subject, description, status,
                 priority, division_id, created_by, created_at, updated_at, search_text, version,
-                queued_since) VALUES ",
+                queued_since, queue_seq) VALUES ",
         );
         let mut queue = String::from(
             "INSERT INTO queue_entries (ticket_id, organization_id, division_key, priority_rank,
-                waiting_since, number) VALUES ",
+                seq, waiting_since, number) VALUES ",
         );
         for k in 0..chunk.len() {
             let sep = if k == 0 { "" } else { ", " };
-            let p = 3 + 6 * k;
+            let p = 3 + 7 * k;
             let _ = write!(
                 tickets,
                 "{sep}(${p}, $1, ${}, ${}, NULL, 'QUEUED', ${}, $2, 'bench-admin', ${}, ${}, ${}, \
-                 1, ${})",
+                 1, ${}, ${})",
                 p + 1,
                 p + 2,
                 p + 4,
                 p + 5,
                 p + 5,
                 p + 3,
-                p + 5
+                p + 5,
+                p + 6
             );
-            let q = 3 + 4 * k;
+            let q = 3 + 5 * k;
             let _ = write!(
                 queue,
-                "{sep}(${q}, $1, $2, ${}, ${}, ${})",
+                "{sep}(${q}, $1, $2, ${}, ${}, ${}, ${})",
                 q + 1,
                 q + 2,
-                q + 3
+                q + 3,
+                q + 4
             );
         }
         projections::on_backend!(db, |pool| {
@@ -258,7 +266,8 @@ async fn insert(db: &Database, entries: &[Entry]) -> anyhow::Result<()> {
                     .bind(subject)
                     .bind(search)
                     .bind(PRIORITIES[e.rank as usize])
-                    .bind(&e.since);
+                    .bind(&e.since)
+                    .bind(e.seq);
             }
             statement.execute(&mut *tx).await?;
             let mut statement = sqlx::query(&queue).bind(ORGANIZATION).bind(DIVISION);
@@ -266,6 +275,7 @@ async fn insert(db: &Database, entries: &[Entry]) -> anyhow::Result<()> {
                 statement = statement
                     .bind(&e.id)
                     .bind(e.rank)
+                    .bind(e.seq)
                     .bind(&e.since)
                     .bind(e.number);
             }
@@ -275,6 +285,19 @@ async fn insert(db: &Database, entries: &[Entry]) -> anyhow::Result<()> {
         progress.inc(chunk.len() as u64);
     }
     progress.finish_and_clear();
+    let buckets = format!(
+        "INSERT INTO queue_buckets (organization_id, division_key, priority_rank, bucket, entries)
+         SELECT organization_id, division_key, priority_rank, seq / {BUCKET_WIDTH}, COUNT(*)
+           FROM queue_entries GROUP BY organization_id, division_key, priority_rank,
+                seq / {BUCKET_WIDTH}"
+    );
+    let counters = "INSERT INTO queue_counters (organization_id, division_key, last_seq)
+         SELECT organization_id, division_key, MAX(seq) FROM queue_entries
+          GROUP BY organization_id, division_key";
+    projections::on_backend!(db, |pool| {
+        sqlx::query(&buckets).execute(pool).await?;
+        sqlx::query(counters).execute(pool).await?;
+    });
     Ok(())
 }
 
@@ -282,7 +305,7 @@ async fn insert(db: &Database, entries: &[Entry]) -> anyhow::Result<()> {
 async fn analyse(db: &Database) -> anyhow::Result<()> {
     match db {
         Backend::Postgres(pool) => {
-            for table in ["queue_entries", "tickets"] {
+            for table in ["queue_entries", "queue_buckets", "tickets"] {
                 sqlx::query(&format!("VACUUM (ANALYZE) {table}"))
                     .execute(pool)
                     .await?;
@@ -295,63 +318,77 @@ async fn analyse(db: &Database) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The statements of `projections::queue::position` and `page` (copied from there; keep
-/// them in step), with the binds for `last`.
-const POSITION_SQL: &str = "SELECT (SELECT COUNT(*) FROM queue_entries q
-                  WHERE q.organization_id = me.organization_id
-                    AND q.division_key = me.division_key
-                    AND (q.priority_rank, q.waiting_since, q.number)
-                      < (me.priority_rank, me.waiting_since, me.number)) + 1
-           FROM queue_entries me WHERE me.ticket_id = $1 AND me.organization_id = $2";
-const TOTAL_SQL: &str =
-    "SELECT COUNT(*) FROM queue_entries WHERE organization_id = $1 AND division_key = $2";
-const AHEAD_SQL: &str = "SELECT COUNT(*) + 1 FROM queue_entries
-                  WHERE organization_id = $1 AND division_key = $2
-                    AND (priority_rank, waiting_since, number) < ($3, $4, $5)";
+/// Binds a statement of `projections::queue` for the entry `last` (a macro: the query
+/// types of the two backends differ).
+macro_rules! bind_for_last {
+    ($query:expr, $binds:expr, $last:expr) => {
+        match $binds {
+            Binds::Ticket => $query.bind(&$last.id).bind(ORGANIZATION),
+            Binds::Queue => $query.bind(ORGANIZATION).bind(DIVISION),
+            Binds::Key => $query
+                .bind(ORGANIZATION)
+                .bind(DIVISION)
+                .bind($last.rank)
+                .bind($last.seq),
+            Binds::Page => $query
+                .bind(ORGANIZATION)
+                .bind(DIVISION)
+                .bind($last.rank)
+                .bind($last.seq - 1)
+                .bind(PAGE + 1),
+        }
+    };
+}
+
+/// What a statement of `projections::queue` is bound to.
+#[derive(Clone, Copy)]
+enum Binds {
+    /// `position`: the ticket and its organization.
+    Ticket,
+    /// The queue: organization and division.
+    Queue,
+    /// A queue key: organization, division, rank, seq.
+    Key,
+    /// A page: organization, division, the key before it and its length.
+    Page,
+}
 
 /// The plans of the queue statements for the last ticket in the queue.
 async fn explain(db: &Database, last: &Entry) -> anyhow::Result<String> {
     let mut out = String::new();
-    let statements: [(&str, &str); 3] = [
-        ("position (last ticket in the queue)", POSITION_SQL),
-        ("page: total count", TOTAL_SQL),
-        ("page: place of the first entry (last ticket)", AHEAD_SQL),
+    let position = projections::queue::position_sql();
+    let place = projections::queue::key_place_sql();
+    let statements: [(&str, &str, Binds); 4] = [
+        (
+            "position (last ticket in the queue)",
+            &position,
+            Binds::Ticket,
+        ),
+        ("page: total count", TOTAL_SQL, Binds::Queue),
+        (
+            "page: entries after the last ticket's first neighbour",
+            PAGE_SQL,
+            Binds::Page,
+        ),
+        (
+            "page: place of the first entry (last ticket)",
+            &place,
+            Binds::Key,
+        ),
     ];
-    for (what, sql) in statements {
+    for (what, sql, binds) in statements {
         let _ = writeln!(out, "-- {what}");
         let lines: Vec<String> = match db {
             Backend::Postgres(pool) => {
                 let sql = format!("EXPLAIN (ANALYZE, BUFFERS) {sql}");
                 let query = sqlx::query_scalar::<_, String>(&sql);
-                let query = if sql.contains("me.ticket_id") {
-                    query.bind(&last.id).bind(ORGANIZATION)
-                } else if sql.contains("$3") {
-                    query
-                        .bind(ORGANIZATION)
-                        .bind(DIVISION)
-                        .bind(last.rank)
-                        .bind(&last.since)
-                        .bind(last.number)
-                } else {
-                    query.bind(ORGANIZATION).bind(DIVISION)
-                };
+                let query = bind_for_last!(query, binds, last);
                 query.fetch_all(pool).await?
             }
             Backend::Sqlite(pool) => {
                 let sql = format!("EXPLAIN QUERY PLAN {sql}");
                 let query = sqlx::query_as::<_, (i64, i64, i64, String)>(&sql);
-                let query = if sql.contains("me.ticket_id") {
-                    query.bind(&last.id).bind(ORGANIZATION)
-                } else if sql.contains("$3") {
-                    query
-                        .bind(ORGANIZATION)
-                        .bind(DIVISION)
-                        .bind(last.rank)
-                        .bind(&last.since)
-                        .bind(last.number)
-                } else {
-                    query.bind(ORGANIZATION).bind(DIVISION)
-                };
+                let query = bind_for_last!(query, binds, last);
                 query
                     .fetch_all(pool)
                     .await?
