@@ -9,6 +9,8 @@
 use chrono::{DateTime, Utc};
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventStore as _};
 use domain::agent::{AgentAction, AgentStatus};
+use domain::channel::ChannelConfig;
+use domain::conversation::Conversation;
 use domain::division::{Division, DivisionAction, DivisionChanges, DivisionProfile};
 use domain::metadata::EventMetadata;
 use domain::priority::Priority;
@@ -16,6 +18,7 @@ use domain::queue_settings::{OrganizationQueue, QueueSettingsChanges};
 use domain::ticket::{Ticket, TicketAction, TicketCommand, TicketEvent, TicketStatus};
 use domain::{Actor, Command, DomainError, PriorityKeywords};
 use projections::agents::AgentsProjection;
+use projections::conversations::{ChannelsProjection, ConversationsProjection, OutboxProjection};
 use projections::db::timestamp;
 use projections::divisions::DivisionsProjection;
 use projections::event_store::{event_store, EventStore};
@@ -80,6 +83,9 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(DivisionsProjection),
         Arc::new(AgentsProjection),
         Arc::new(QueueSettingsProjection),
+        Arc::new(ConversationsProjection),
+        Arc::new(ChannelsProjection),
+        Arc::new(OutboxProjection),
     ]
 }
 
@@ -143,6 +149,9 @@ pub struct Helpdesk {
     pub(crate) agents: CqrsFramework<AgentStatus, EventStore<AgentStatus>>,
     queue_settings: CqrsFramework<OrganizationQueue, EventStore<OrganizationQueue>>,
     ticket_history: EventStore<Ticket>,
+    pub(crate) conversations: CqrsFramework<Conversation, EventStore<Conversation>>,
+    pub(crate) conversation_history: EventStore<Conversation>,
+    pub(crate) channels: CqrsFramework<ChannelConfig, EventStore<ChannelConfig>>,
     /// Which replica runs what.
     pub leases: Leases,
     /// How far the assignment process (when it runs here) has reconciled the log.
@@ -173,6 +182,7 @@ impl Helpdesk {
         let projections = all_projections();
         let mut roles: Vec<&'static str> = projections.iter().map(|p| p.name()).collect();
         roles.push(crate::assignment::ROLE);
+        roles.push(crate::conversation_process::ROLE);
         let (leases, lease_task) = Leases::start(&db, &roles, shutdown.clone());
         let pause_before_commit = config
             .failpoint
@@ -197,6 +207,9 @@ impl Helpdesk {
             agents: CqrsFramework::new(event_store(&db), vec![], ()),
             queue_settings: CqrsFramework::new(event_store(&db), vec![], ()),
             ticket_history: event_store(&db),
+            conversations: CqrsFramework::new(event_store(&db), vec![], ()),
+            conversation_history: event_store(&db),
+            channels: CqrsFramework::new(event_store(&db), vec![], ()),
             leases,
             assignment_progress: tokio::sync::watch::channel(projections::Checkpoint::START).0,
             db,
@@ -209,6 +222,10 @@ impl Helpdesk {
         };
         let helpdesk = Arc::new(helpdesk);
         tasks.push(crate::assignment::AssignmentProcess::spawn(
+            helpdesk.clone(),
+            shutdown.clone(),
+        ));
+        tasks.push(crate::conversation_process::spawn(
             helpdesk.clone(),
             shutdown,
         ));
@@ -276,6 +293,21 @@ impl Helpdesk {
         request_id: &str,
         input: NewTicket,
     ) -> ApiResult<TicketRecord> {
+        let id = uuid::Uuid::new_v4().to_string();
+        self.create_ticket_with_id(caller, request_id, input, id)
+            .await
+    }
+
+    /// [`Helpdesk::create_ticket`] with the id chosen by the caller: a flow that must never
+    /// open two tickets for one cause derives the id from the cause, and a second attempt
+    /// is refused with `CONFLICT` (already exists).
+    pub async fn create_ticket_with_id(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        input: NewTicket,
+        id: String,
+    ) -> ApiResult<TicketRecord> {
         if let Some(division) = &input.division_id {
             self.ensure_division(&caller.organization, division).await?;
         }
@@ -304,7 +336,6 @@ impl Helpdesk {
         if let TicketAction::Create { number, .. } = &mut command.action {
             *number = allocated;
         }
-        let id = uuid::Uuid::new_v4().to_string();
         let origin = Origin::of(caller, request_id);
         let at = self
             .execute(

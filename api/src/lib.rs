@@ -9,6 +9,10 @@
 //! - [`assignment`]: the reserve-then-assign saga (claims, admin and automatic assignment)
 //!   and the assignment process manager that releases slots, requeues for offline agents
 //!   and fills AUTO queues, running in the replica that holds its lease.
+//! - [`conversations`]: channel configuration and the inbound flow of a customer's message
+//!   (division menu, tickets from chats, the queue-place answers), replies and reading.
+//! - [`conversation_process`]: tells customers when an agent takes their ticket.
+//! - [`webhooks`]: the providers' webhooks (signatures checked, payloads parsed).
 //! - [`graphql`]: the schema (queries and mutations of `CONTRACT.md`).
 //! - [`server`]: the HTTP server: `/graphql`, `/healthz`, `/readyz`, `/metrics`, graceful
 //!   shutdown.
@@ -18,7 +22,10 @@ pub mod assignment;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conversation_process;
+pub mod conversations;
 pub mod error;
 pub mod graphql;
 pub mod helpdesk;
 pub mod server;
+pub mod webhooks;

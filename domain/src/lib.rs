@@ -9,6 +9,13 @@
 //!   their assignment mode and algorithm.
 //! - [`queue_settings`]: the per-organization queue texts, offline policy and escalation
 //!   delay.
+//! - [`conversation`]: the Conversation aggregate — a customer on a channel, messages both
+//!   ways (personal data sealed with the customer's key), the division chosen and the
+//!   ticket humans work on.
+//! - [`channel`]: the ChannelConfig aggregate — the public part of a WhatsApp or Telegram
+//!   channel's configuration (its secrets stay outside the log).
+//! - [`menu`]: queue mode's division menu, how an answer picks a division, detection from
+//!   free text, and the message templates.
 //! - [`assignment`]: the policy choosing an agent (round robin, least loaded, random with a
 //!   recorded draw) and the decision record kept in the assignment event.
 //! - [`priority`]: ticket priorities, their queue order and keyword detection.
@@ -25,9 +32,12 @@
 pub mod actor;
 pub mod agent;
 pub mod assignment;
+pub mod channel;
 pub mod command;
+pub mod conversation;
 pub mod division;
 pub mod limits;
+pub mod menu;
 pub mod metadata;
 pub mod priority;
 pub mod queue_settings;

@@ -46,6 +46,22 @@ pub struct QueueSettings {
     pub offline_policy: OfflinePolicy,
     /// A ticket not answered within this many seconds goes to the next agent; 0 = never.
     pub escalation_after_seconds: i64,
+    /// Show "(N antrian, ~M menit)" after each division of the menu (seed Fitur 4).
+    #[serde(default)]
+    pub show_wait_time: bool,
+    /// Pick the division from the words of a customer's first message when they clearly
+    /// name one, instead of showing the menu (seed Fitur 4).
+    #[serde(default)]
+    pub detect_division: bool,
+    /// Sent when an agent takes the customer's ticket; `{agent_name}`, `{division}`.
+    #[serde(default = "default_agent_ready_message")]
+    pub agent_ready_message: String,
+}
+
+/// The default of [`QueueSettings::agent_ready_message`] (settings stored before it
+/// existed read it too).
+fn default_agent_ready_message() -> String {
+    "Agen {agent_name} siap membantu Anda sekarang.".into()
 }
 
 impl Default for QueueSettings {
@@ -64,6 +80,9 @@ impl Default for QueueSettings {
                     .into(),
             offline_policy: OfflinePolicy::Keep,
             escalation_after_seconds: 300,
+            show_wait_time: false,
+            detect_division: false,
+            agent_ready_message: default_agent_ready_message(),
         }
     }
 }
@@ -79,6 +98,12 @@ pub struct QueueSettingsChanges {
     pub no_agent_available_message: Option<String>,
     pub offline_policy: Option<OfflinePolicy>,
     pub escalation_after_seconds: Option<i64>,
+    /// See [`QueueSettings::show_wait_time`].
+    pub show_wait_time: Option<bool>,
+    /// See [`QueueSettings::detect_division`].
+    pub detect_division: Option<bool>,
+    /// See [`QueueSettings::agent_ready_message`].
+    pub agent_ready_message: Option<String>,
 }
 
 /// A command for an organization's queue settings.
@@ -180,6 +205,13 @@ impl Aggregate for OrganizationQueue {
             escalation_after_seconds: changes
                 .escalation_after_seconds
                 .unwrap_or(current.escalation_after_seconds),
+            show_wait_time: changes.show_wait_time.unwrap_or(current.show_wait_time),
+            detect_division: changes.detect_division.unwrap_or(current.detect_division),
+            agent_ready_message: text(
+                changes.agent_ready_message,
+                &current.agent_ready_message,
+                "agentReadyMessage",
+            )?,
         };
         if !within(&settings.check_queue_keyword, MAX_KEYWORD_CHARS) {
             return Err(DomainError::InvalidInput(format!(

@@ -12,16 +12,22 @@
 //!   twice), wakes on new events, and lets commands wait until their events are visible.
 //! - [`tickets`], [`queue`], [`divisions`], [`agents`], [`queue_settings`]: the read models
 //!   and their queries (the workload view and an agent's own queue among them).
+//! - [`conversations`]: conversations, their messages, the configured channels and the
+//!   outbox of messages to deliver.
+//! - [`personal_data`]: customers' personal data sealed with a key per customer, so that it
+//!   can be erased without rewriting the log.
 //! - [`lease`]: which replica runs each projector and the assignment process (PostgreSQL
 //!   advisory locks held on a dedicated connection; released the moment a replica dies).
 //! - [`telemetry`]: counters and histograms exported at `/metrics`.
 
 pub mod agents;
+pub mod conversations;
 pub mod db;
 pub mod divisions;
 pub mod event_log;
 pub mod event_store;
 pub mod lease;
+pub mod personal_data;
 pub mod queue;
 pub mod queue_settings;
 pub mod runner;

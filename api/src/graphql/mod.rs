@@ -4,15 +4,17 @@
 //! - [`types`]: the object types (`Ticket`, `QueueEntry`, `Division`, connections, ...).
 //! - [`query`]: the read side, straight from the projections.
 //! - [`mutation`]: the write side, through [`crate::helpdesk::Helpdesk`].
+//! - [`conversations`]: conversations, messages and channels (both sides).
 //!
 //! Each request carries a [`RequestContext`]: the authenticated caller (or why there is none)
 //! and a request id that ends up in the metadata of the events it causes.
 
+pub mod conversations;
 pub mod mutation;
 pub mod query;
 pub mod types;
 
-use async_graphql::{Context, EmptySubscription, Schema};
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
 use domain::Role;
 use std::sync::Arc;
 
@@ -20,8 +22,16 @@ use crate::auth::{AuthError, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::helpdesk::Helpdesk;
 
+/// Every query: tickets, queues, agents and divisions; conversations.
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(query::Query, conversations::ConversationQuery);
+
+/// Every mutation.
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(mutation::Mutation, conversations::ConversationMutation);
+
 /// The helpdesk's GraphQL schema.
-pub type HelpdeskSchema = Schema<query::Query, mutation::Mutation, EmptySubscription>;
+pub type HelpdeskSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
@@ -33,9 +43,13 @@ pub const MAX_PAGE: i32 = 100;
 
 /// Builds the schema over a running helpdesk (`None`: for exporting the SDL only).
 pub fn build_schema(helpdesk: Option<Arc<Helpdesk>>) -> HelpdeskSchema {
-    let mut builder = Schema::build(query::Query, mutation::Mutation, EmptySubscription)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY);
+    let mut builder = Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        EmptySubscription,
+    )
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY);
     if let Some(helpdesk) = helpdesk {
         builder = builder.data(helpdesk);
     }

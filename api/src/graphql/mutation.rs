@@ -84,6 +84,12 @@ pub struct QueueSettingsInput {
     pub offline_policy: Option<OfflinePolicy>,
     /// 0 (never) to 604800.
     pub escalation_after_seconds: Option<i64>,
+    /// Show "(N antrian, ~M menit)" after each division of the menu.
+    pub show_wait_time: Option<bool>,
+    /// Pick the division from a first message that clearly names one.
+    pub detect_division: Option<bool>,
+    /// Sent when an agent takes the ticket; `{agent_name}`, `{division}`.
+    pub agent_ready_message: Option<String>,
 }
 
 /// `updateDivision` input; omitted fields stay as they are.
@@ -143,6 +149,7 @@ async fn agent_command(
 }
 
 /// The write side.
+#[derive(Default)]
 pub struct Mutation;
 
 async fn ticket_after(helpdesk: &Helpdesk, caller: &Caller, id: &str) -> ApiResult<Ticket> {
@@ -549,6 +556,9 @@ impl Mutation {
             no_agent_available_message: input.no_agent_available_message,
             offline_policy: input.offline_policy.map(Into::into),
             escalation_after_seconds: input.escalation_after_seconds,
+            show_wait_time: input.show_wait_time,
+            detect_division: input.detect_division,
+            agent_ready_message: input.agent_ready_message,
         };
         helpdesk
             .update_queue_settings(caller, &request_id(ctx), changes)

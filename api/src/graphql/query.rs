@@ -31,6 +31,7 @@ pub struct TicketFilter {
 const DEFAULT_HANDLING_MINUTES: i64 = 10;
 
 /// The read side.
+#[derive(Default)]
 pub struct Query;
 
 /// A page costs its node selection once per requested item (out-of-range sizes are refused

@@ -530,6 +530,12 @@ pub struct QueueSettings {
     pub offline_policy: OfflinePolicy,
     /// A ticket not answered within this many seconds goes to the next agent; 0 = never.
     pub escalation_after_seconds: i64,
+    /// Whether the menu shows each division's queue and estimated wait.
+    pub show_wait_time: bool,
+    /// Whether a first message that clearly names a division skips the menu.
+    pub detect_division: bool,
+    /// Sent when an agent takes the ticket; `{agent_name}`, `{division}`.
+    pub agent_ready_message: String,
 }
 
 impl From<domain::queue_settings::QueueSettings> for QueueSettings {
@@ -543,6 +549,9 @@ impl From<domain::queue_settings::QueueSettings> for QueueSettings {
             no_agent_available_message: settings.no_agent_available_message,
             offline_policy: settings.offline_policy.into(),
             escalation_after_seconds: settings.escalation_after_seconds,
+            show_wait_time: settings.show_wait_time,
+            detect_division: settings.detect_division,
+            agent_ready_message: settings.agent_ready_message,
         }
     }
 }

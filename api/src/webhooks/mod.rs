@@ -1,0 +1,2 @@
+//! Inbound webhooks of the messaging providers.
+pub mod parse;

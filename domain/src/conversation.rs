@@ -1,0 +1,721 @@
+//! The Conversation aggregate: one customer on one channel (a WhatsApp number, a Telegram
+//! chat), the messages both ways, the division menu's state and the link to the ticket
+//! that humans work on.
+//!
+//! Customers' personal data (their handle, name and every message text) arrives here
+//! already [`Sealed`] with the customer's own key (brief rule 11): the domain records it
+//! and never opens it, so erasing the key erases the data without rewriting the log.
+//! Decisions that need the plain text (which division "1" or "tagihan" means, whether the
+//! text is the check keyword) are taken by the caller with the pure policies of
+//! [`crate::menu`] and arrive as commands.
+//!
+//! Every message has an id chosen by the caller (derived from the provider's message id
+//! for inbound ones, from the cause for automatic replies), and a message id the
+//! conversation already holds is accepted without a new event: redelivered webhooks and
+//! retried flows never duplicate a message.
+
+use std::collections::HashSet;
+
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::actor::Role;
+use crate::command::{Command, DomainError};
+
+/// Where a conversation takes place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Channel {
+    /// WhatsApp Cloud API.
+    Whatsapp,
+    /// Telegram Bot API.
+    Telegram,
+    /// A web chat widget.
+    Web,
+    /// Any other integration through the API.
+    Api,
+}
+
+impl Channel {
+    /// The contract's name of the channel.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Whatsapp => "WHATSAPP",
+            Channel::Telegram => "TELEGRAM",
+            Channel::Web => "WEB",
+            Channel::Api => "API",
+        }
+    }
+}
+
+impl std::str::FromStr for Channel {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "WHATSAPP" => Ok(Channel::Whatsapp),
+            "TELEGRAM" => Ok(Channel::Telegram),
+            "WEB" => Ok(Channel::Web),
+            "API" => Ok(Channel::Api),
+            other => Err(format!("unknown channel {other:?}")),
+        }
+    }
+}
+
+/// Who answers the customer: the bot (and the division menu) or the humans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConversationMode {
+    /// Automatic answers; no ticket yet.
+    #[default]
+    Bot,
+    /// Handed to the agents: the conversation has a ticket.
+    Agent,
+}
+
+impl ConversationMode {
+    /// The contract's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConversationMode::Bot => "BOT",
+            ConversationMode::Agent => "AGENT",
+        }
+    }
+}
+
+/// What an outbound message is, which sets its delivery priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundKind {
+    /// Written by the helpdesk itself (menu, queue number, "an agent is ready"): first.
+    System,
+    /// An agent's reply: next.
+    Reply,
+    /// Campaigns and broadcasts: last.
+    Bulk,
+}
+
+impl OutboundKind {
+    /// The delivery priority: lower goes first.
+    pub fn delivery_priority(self) -> i64 {
+        match self {
+            OutboundKind::System => 0,
+            OutboundKind::Reply => 1,
+            OutboundKind::Bulk => 2,
+        }
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundKind::System => "SYSTEM",
+            OutboundKind::Reply => "REPLY",
+            OutboundKind::Bulk => "BULK",
+        }
+    }
+}
+
+/// Personal data sealed with its customer's key (an opaque, versioned text). Only the
+/// storage layer can open it, and only while the customer's key exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sealed(pub String);
+
+/// How a conversation begins: the customer and the channel, with the first message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    /// The channel kind.
+    pub channel: Channel,
+    /// The configured channel the message came through.
+    pub channel_id: String,
+    /// The customer (one per person and channel).
+    pub customer_id: String,
+    /// The customer's handle on the channel (phone number, chat id).
+    pub external_id: Sealed,
+    /// The customer's display name, when the channel gives one.
+    pub customer_name: Option<Sealed>,
+    /// The message's id.
+    pub message_id: String,
+    /// The message.
+    pub text: Sealed,
+}
+
+/// Commands of a conversation.
+pub type ConversationCommand = Command<ConversationAction>;
+
+/// What can be done to a conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConversationAction {
+    /// A customer's message (starts the conversation when it is the first). Service role.
+    Receive(Inbound),
+    /// The customer picked a division from the menu (or it was detected). Service role.
+    ChooseDivision {
+        /// The division.
+        division_id: String,
+    },
+    /// The conversation's work now happens in this ticket; the humans answer. Service role.
+    LinkTicket {
+        /// The ticket opened for it.
+        ticket_id: String,
+    },
+    /// A message to the customer written by the helpdesk (menu, queue place, notices).
+    /// Service role.
+    SendSystemMessage {
+        /// Its id.
+        message_id: String,
+        /// The text.
+        text: Sealed,
+        /// The assignment this message announces (the ticket id and when it was assigned,
+        /// in microseconds since the epoch), so that each assignment is announced once.
+        announces: Option<(String, i64)>,
+    },
+    /// An agent's (or admin's) reply. The caller has checked that the agent holds the
+    /// conversation's ticket.
+    Reply {
+        /// Its id.
+        message_id: String,
+        /// The text.
+        text: Sealed,
+    },
+    /// Everything the customer wrote so far has been read.
+    MarkRead,
+}
+
+/// What happened to a conversation. Who and when are in the metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ConversationEvent {
+    /// The customer's first message opened the conversation.
+    ConversationStarted {
+        organization: String,
+        channel: Channel,
+        channel_id: String,
+        customer_id: String,
+        external_id: Sealed,
+        customer_name: Option<Sealed>,
+    },
+    /// A message from the customer.
+    MessageReceived { message_id: String, text: Sealed },
+    /// The customer's division.
+    DivisionChosen { division_id: String },
+    /// A ticket was opened for the conversation; the humans answer from now on.
+    TicketLinked { ticket_id: String },
+    /// A message to the customer, waiting in the outbox.
+    OutboundMessageQueued {
+        message_id: String,
+        kind: OutboundKind,
+        /// The agent or admin who wrote it (replies); `None` for the helpdesk's own.
+        author_id: Option<String>,
+        text: Sealed,
+        /// For "an agent is ready" notices: the ticket and when it was assigned (µs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        announces: Option<(String, i64)>,
+    },
+    /// The customer's messages so far were read (unread count back to zero).
+    ConversationRead { reader_id: String },
+}
+
+impl DomainEvent for ConversationEvent {
+    fn event_type(&self) -> String {
+        match self {
+            ConversationEvent::ConversationStarted { .. } => "ConversationStarted",
+            ConversationEvent::MessageReceived { .. } => "MessageReceived",
+            ConversationEvent::DivisionChosen { .. } => "DivisionChosen",
+            ConversationEvent::TicketLinked { .. } => "TicketLinked",
+            ConversationEvent::OutboundMessageQueued { .. } => "OutboundMessageQueued",
+            ConversationEvent::ConversationRead { .. } => "ConversationRead",
+        }
+        .into()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".into()
+    }
+}
+
+/// A conversation as its events leave it.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    organization: Option<String>,
+    channel: Option<Channel>,
+    channel_id: String,
+    customer_id: String,
+    mode: ConversationMode,
+    division_id: Option<String>,
+    ticket_id: Option<String>,
+    tickets_opened: u32,
+    unread: u64,
+    messages: HashSet<String>,
+    announced: HashSet<(String, i64)>,
+}
+
+impl Conversation {
+    /// The organization, once started.
+    pub fn organization(&self) -> Option<&str> {
+        self.organization.as_deref()
+    }
+
+    /// Whether the first message has arrived.
+    pub fn started(&self) -> bool {
+        self.organization.is_some()
+    }
+
+    /// BOT until a ticket is linked.
+    pub fn mode(&self) -> ConversationMode {
+        self.mode
+    }
+
+    /// The division the customer chose.
+    pub fn division_id(&self) -> Option<&str> {
+        self.division_id.as_deref()
+    }
+
+    /// The last ticket linked (it may have been resolved since).
+    pub fn ticket_id(&self) -> Option<&str> {
+        self.ticket_id.as_deref()
+    }
+
+    /// How many tickets were opened for the conversation (names the next one).
+    pub fn tickets_opened(&self) -> u32 {
+        self.tickets_opened
+    }
+
+    /// The channel, once started.
+    pub fn channel(&self) -> Option<Channel> {
+        self.channel
+    }
+
+    /// The configured channel.
+    pub fn channel_id(&self) -> &str {
+        &self.channel_id
+    }
+
+    /// The customer.
+    pub fn customer_id(&self) -> &str {
+        &self.customer_id
+    }
+
+    /// Whether the conversation holds this message (either direction).
+    pub fn has_message(&self, message_id: &str) -> bool {
+        self.messages.contains(message_id)
+    }
+
+    /// Customer messages not read yet.
+    pub fn unread(&self) -> u64 {
+        self.unread
+    }
+
+    fn require(&self, organization: &str) -> Result<(), DomainError> {
+        match &self.organization {
+            Some(owner) if owner == organization => Ok(()),
+            _ => Err(DomainError::NotFound),
+        }
+    }
+}
+
+fn require_service(role: Role, what: &str) -> Result<(), DomainError> {
+    if role == Role::Service || role == Role::Admin {
+        Ok(())
+    } else {
+        Err(DomainError::NotPermitted(format!(
+            "only channel integrations {what}"
+        )))
+    }
+}
+
+fn require_id(id: &str, what: &str) -> Result<(), DomainError> {
+    if id.trim().is_empty() || id.len() > 200 {
+        return Err(DomainError::InvalidInput(format!(
+            "{what} must be 1 to 200 characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Aggregate for Conversation {
+    const TYPE: &'static str = "Conversation";
+    type Command = ConversationCommand;
+    type Event = ConversationEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: ConversationCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), DomainError> {
+        let role = command.actor.role;
+        match command.action {
+            ConversationAction::Receive(inbound) => {
+                require_service(role, "deliver customer messages")?;
+                require_id(&inbound.message_id, "the message id")?;
+                require_id(&inbound.channel_id, "the channel id")?;
+                if self.started() {
+                    self.require(&command.organization)?;
+                    if self.has_message(&inbound.message_id) {
+                        return Ok(());
+                    }
+                } else {
+                    sink.write(
+                        ConversationEvent::ConversationStarted {
+                            organization: command.organization,
+                            channel: inbound.channel,
+                            channel_id: inbound.channel_id,
+                            customer_id: inbound.customer_id,
+                            external_id: inbound.external_id,
+                            customer_name: inbound.customer_name,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+                sink.write(
+                    ConversationEvent::MessageReceived {
+                        message_id: inbound.message_id,
+                        text: inbound.text,
+                    },
+                    self,
+                )
+                .await;
+            }
+            ConversationAction::ChooseDivision { division_id } => {
+                require_service(role, "choose divisions for customers")?;
+                self.require(&command.organization)?;
+                require_id(&division_id, "the division id")?;
+                if self.division_id.as_deref() != Some(division_id.as_str()) {
+                    sink.write(ConversationEvent::DivisionChosen { division_id }, self)
+                        .await;
+                }
+            }
+            ConversationAction::LinkTicket { ticket_id } => {
+                require_service(role, "open tickets for conversations")?;
+                self.require(&command.organization)?;
+                require_id(&ticket_id, "the ticket id")?;
+                if self.ticket_id.as_deref() != Some(ticket_id.as_str()) {
+                    sink.write(ConversationEvent::TicketLinked { ticket_id }, self)
+                        .await;
+                }
+            }
+            ConversationAction::SendSystemMessage {
+                message_id,
+                text,
+                announces,
+            } => {
+                require_service(role, "send the helpdesk's own messages")?;
+                self.require(&command.organization)?;
+                require_id(&message_id, "the message id")?;
+                let announced = announces
+                    .as_ref()
+                    .is_some_and(|key| self.announced.contains(key));
+                if self.has_message(&message_id) || announced {
+                    return Ok(());
+                }
+                sink.write(
+                    ConversationEvent::OutboundMessageQueued {
+                        message_id,
+                        kind: OutboundKind::System,
+                        author_id: None,
+                        text,
+                        announces,
+                    },
+                    self,
+                )
+                .await;
+            }
+            ConversationAction::Reply { message_id, text } => {
+                if !matches!(role, Role::Agent | Role::Admin) {
+                    return Err(DomainError::NotPermitted(
+                        "only agents and admins reply to customers".into(),
+                    ));
+                }
+                self.require(&command.organization)?;
+                require_id(&message_id, "the message id")?;
+                if self.has_message(&message_id) {
+                    return Ok(());
+                }
+                sink.write(
+                    ConversationEvent::OutboundMessageQueued {
+                        message_id,
+                        kind: OutboundKind::Reply,
+                        author_id: Some(command.actor.id),
+                        text,
+                        announces: None,
+                    },
+                    self,
+                )
+                .await;
+            }
+            ConversationAction::MarkRead => {
+                if !matches!(role, Role::Agent | Role::Admin) {
+                    return Err(DomainError::NotPermitted(
+                        "only agents and admins read conversations".into(),
+                    ));
+                }
+                self.require(&command.organization)?;
+                if self.unread > 0 {
+                    sink.write(
+                        ConversationEvent::ConversationRead {
+                            reader_id: command.actor.id,
+                        },
+                        self,
+                    )
+                    .await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: ConversationEvent) {
+        match event {
+            ConversationEvent::ConversationStarted {
+                organization,
+                channel,
+                channel_id,
+                customer_id,
+                ..
+            } => {
+                self.organization = Some(organization);
+                self.channel = Some(channel);
+                self.channel_id = channel_id;
+                self.customer_id = customer_id;
+            }
+            ConversationEvent::MessageReceived { message_id, .. } => {
+                self.messages.insert(message_id);
+                self.unread += 1;
+            }
+            ConversationEvent::DivisionChosen { division_id } => {
+                self.division_id = Some(division_id);
+            }
+            ConversationEvent::TicketLinked { ticket_id } => {
+                self.ticket_id = Some(ticket_id);
+                self.tickets_opened += 1;
+                self.mode = ConversationMode::Agent;
+            }
+            ConversationEvent::OutboundMessageQueued {
+                message_id,
+                announces,
+                ..
+            } => {
+                self.messages.insert(message_id);
+                if let Some(key) = announces {
+                    self.announced.insert(key);
+                }
+            }
+            ConversationEvent::ConversationRead { .. } => self.unread = 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actor::Actor;
+    use cqrs_es::test::TestFramework;
+
+    fn command(role: Role, action: ConversationAction) -> ConversationCommand {
+        ConversationCommand {
+            organization: "acme".into(),
+            actor: Actor::new("whatsapp-bridge", role),
+            action,
+        }
+    }
+
+    fn inbound(message_id: &str) -> Inbound {
+        Inbound {
+            channel: Channel::Whatsapp,
+            channel_id: "wa-1".into(),
+            customer_id: "cust-1".into(),
+            external_id: Sealed("sealed-phone".into()),
+            customer_name: Some(Sealed("sealed-name".into())),
+            message_id: message_id.into(),
+            text: Sealed(format!("sealed-{message_id}")),
+        }
+    }
+
+    fn started() -> Vec<ConversationEvent> {
+        vec![
+            ConversationEvent::ConversationStarted {
+                organization: "acme".into(),
+                channel: Channel::Whatsapp,
+                channel_id: "wa-1".into(),
+                customer_id: "cust-1".into(),
+                external_id: Sealed("sealed-phone".into()),
+                customer_name: Some(Sealed("sealed-name".into())),
+            },
+            ConversationEvent::MessageReceived {
+                message_id: "m1".into(),
+                text: Sealed("sealed-m1".into()),
+            },
+        ]
+    }
+
+    #[test]
+    fn the_first_message_starts_the_conversation() {
+        TestFramework::<Conversation>::with(())
+            .given_no_previous_events()
+            .when(command(
+                Role::Service,
+                ConversationAction::Receive(inbound("m1")),
+            ))
+            .then_expect_events(started());
+    }
+
+    #[test]
+    fn a_redelivered_message_is_accepted_without_an_event() {
+        TestFramework::<Conversation>::with(())
+            .given(started())
+            .when(command(
+                Role::Service,
+                ConversationAction::Receive(inbound("m1")),
+            ))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn a_second_message_is_only_a_message() {
+        TestFramework::<Conversation>::with(())
+            .given(started())
+            .when(command(
+                Role::Service,
+                ConversationAction::Receive(inbound("m2")),
+            ))
+            .then_expect_events(vec![ConversationEvent::MessageReceived {
+                message_id: "m2".into(),
+                text: Sealed("sealed-m2".into()),
+            }]);
+    }
+
+    #[test]
+    fn agents_cannot_pose_as_customers() {
+        TestFramework::<Conversation>::with(())
+            .given_no_previous_events()
+            .when(command(
+                Role::Agent,
+                ConversationAction::Receive(inbound("m1")),
+            ))
+            .then_expect_error(DomainError::NotPermitted(
+                "only channel integrations deliver customer messages".into(),
+            ));
+    }
+
+    #[test]
+    fn another_organization_does_not_see_the_conversation() {
+        let mut foreign = command(
+            Role::Service,
+            ConversationAction::LinkTicket {
+                ticket_id: "t1".into(),
+            },
+        );
+        foreign.organization = "globex".into();
+        TestFramework::<Conversation>::with(())
+            .given(started())
+            .when(foreign)
+            .then_expect_error(DomainError::NotFound);
+    }
+
+    #[test]
+    fn linking_a_ticket_hands_the_conversation_to_agents_once() {
+        let mut given = started();
+        given.push(ConversationEvent::TicketLinked {
+            ticket_id: "t1".into(),
+        });
+        TestFramework::<Conversation>::with(())
+            .given(given)
+            .when(command(
+                Role::Service,
+                ConversationAction::LinkTicket {
+                    ticket_id: "t1".into(),
+                },
+            ))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn each_assignment_is_announced_once() {
+        let mut given = started();
+        given.push(ConversationEvent::OutboundMessageQueued {
+            message_id: "notice-1".into(),
+            kind: OutboundKind::System,
+            author_id: None,
+            text: Sealed("sealed".into()),
+            announces: Some(("t1".into(), 2)),
+        });
+        let again = |message_id: &str, version: i64| {
+            command(
+                Role::Service,
+                ConversationAction::SendSystemMessage {
+                    message_id: message_id.into(),
+                    text: Sealed("sealed".into()),
+                    announces: Some(("t1".into(), version)),
+                },
+            )
+        };
+        TestFramework::<Conversation>::with(())
+            .given(given.clone())
+            .when(again("notice-2", 2))
+            .then_expect_events(vec![]);
+        TestFramework::<Conversation>::with(())
+            .given(given)
+            .when(again("notice-3", 5))
+            .then_expect_events(vec![ConversationEvent::OutboundMessageQueued {
+                message_id: "notice-3".into(),
+                kind: OutboundKind::System,
+                author_id: None,
+                text: Sealed("sealed".into()),
+                announces: Some(("t1".into(), 5)),
+            }]);
+    }
+
+    #[test]
+    fn replies_carry_their_author_and_customers_services_cannot_reply() {
+        let reply = |role| {
+            let mut c = command(
+                role,
+                ConversationAction::Reply {
+                    message_id: "r1".into(),
+                    text: Sealed("sealed-r1".into()),
+                },
+            );
+            c.actor.id = "agent-7".into();
+            c
+        };
+        TestFramework::<Conversation>::with(())
+            .given(started())
+            .when(reply(Role::Agent))
+            .then_expect_events(vec![ConversationEvent::OutboundMessageQueued {
+                message_id: "r1".into(),
+                kind: OutboundKind::Reply,
+                author_id: Some("agent-7".into()),
+                text: Sealed("sealed-r1".into()),
+                announces: None,
+            }]);
+        TestFramework::<Conversation>::with(())
+            .given(started())
+            .when(reply(Role::Service))
+            .then_expect_error(DomainError::NotPermitted(
+                "only agents and admins reply to customers".into(),
+            ));
+    }
+
+    #[test]
+    fn reading_resets_the_unread_count_and_reading_nothing_writes_nothing() {
+        let mut c = command(Role::Agent, ConversationAction::MarkRead);
+        c.actor.id = "agent-7".into();
+        TestFramework::<Conversation>::with(())
+            .given(started())
+            .when(c.clone())
+            .then_expect_events(vec![ConversationEvent::ConversationRead {
+                reader_id: "agent-7".into(),
+            }]);
+        let mut read = started();
+        read.push(ConversationEvent::ConversationRead {
+            reader_id: "agent-7".into(),
+        });
+        TestFramework::<Conversation>::with(())
+            .given(read)
+            .when(c)
+            .then_expect_events(vec![]);
+    }
+}

@@ -1,0 +1,647 @@
+//! Conversations and channels on the read side.
+//!
+//! - The "conversations" projection: `conversations` (one row per customer and channel,
+//!   with mode, division, ticket, unread count and needs-human flag) and
+//!   `conversation_messages` (both directions, texts still sealed).
+//! - The "channels" projection: `channels`, the public part of each configured channel.
+//! - The "outbox" projection: queues every outbound message in `outbox_jobs` for the
+//!   delivery worker. It owns no table a rebuild may empty: the jobs are the delivery
+//!   record, and a replay inserts nothing that is already there.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::channel::ChannelEvent;
+use domain::conversation::{ConversationEvent, OutboundKind, Sealed};
+use sqlx::FromRow;
+
+use crate::db::{timestamp, Database, DbError, Tx};
+use crate::event_log::StoredEvent;
+use crate::on_backend;
+use crate::runner::Projection;
+
+/// Builds `conversations` and `conversation_messages` from Conversation events.
+#[derive(Debug, Default)]
+pub struct ConversationsProjection;
+
+#[async_trait]
+impl Projection for ConversationsProjection {
+    fn name(&self) -> &'static str {
+        "conversations"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Conversation"]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["conversations", "conversation_messages"]
+    }
+
+    async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
+        if event.aggregate_type != "Conversation" {
+            return Ok(());
+        }
+        let id = event.aggregate_id.as_str();
+        let at = timestamp(event.occurred_at());
+        let version = event.sequence;
+        match event.decode::<ConversationEvent>()? {
+            ConversationEvent::ConversationStarted {
+                organization,
+                channel,
+                channel_id,
+                customer_id,
+                external_id,
+                customer_name,
+            } => {
+                on_backend!(tx, |t| {
+                    sqlx::query(
+                        "INSERT INTO conversations (id, organization_id, channel, channel_id,
+                            customer_id, external_id, customer_name, mode, needs_human,
+                            unread_count, last_message_at, created_at, version)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'BOT', $8, 0, $9, $9, $10)",
+                    )
+                    .bind(id)
+                    .bind(&organization)
+                    .bind(channel.as_str())
+                    .bind(&channel_id)
+                    .bind(&customer_id)
+                    .bind(&external_id.0)
+                    .bind(customer_name.as_ref().map(|n| n.0.clone()))
+                    .bind(false)
+                    .bind(&at)
+                    .bind(version)
+                    .execute(&mut **t)
+                    .await?;
+                });
+            }
+            ConversationEvent::MessageReceived { message_id, text } => {
+                insert_message(tx, event, &message_id, "INBOUND", "CUSTOMER", None, &text).await?;
+                // A customer writing to the humans waits for one of them.
+                update(
+                    tx,
+                    id,
+                    version,
+                    "unread_count = unread_count + 1, last_message_at = $3,
+                     needs_human = (mode = 'AGENT')",
+                    &[&at],
+                )
+                .await?;
+            }
+            ConversationEvent::DivisionChosen { division_id } => {
+                update(tx, id, version, "division_id = $3", &[&division_id]).await?;
+            }
+            ConversationEvent::TicketLinked { ticket_id } => {
+                update(
+                    tx,
+                    id,
+                    version,
+                    "ticket_id = $3, mode = 'AGENT', needs_human = (1 = 1)",
+                    &[&ticket_id],
+                )
+                .await?;
+            }
+            ConversationEvent::OutboundMessageQueued {
+                message_id,
+                kind,
+                author_id,
+                text,
+                announces,
+            } => {
+                insert_message(
+                    tx,
+                    event,
+                    &message_id,
+                    "OUTBOUND",
+                    kind.as_str(),
+                    author_id.as_deref(),
+                    &text,
+                )
+                .await?;
+                match (kind, author_id, announces) {
+                    (OutboundKind::Reply, Some(author), _) => {
+                        update(
+                            tx,
+                            id,
+                            version,
+                            "last_message_at = $3, last_agent_reply_at = $3,
+                             last_agent_reply_by = $4, needs_human = (1 = 0)",
+                            &[&at, &author],
+                        )
+                        .await?;
+                    }
+                    (_, _, Some((ticket_id, assigned_micros))) => {
+                        let assigned_at = DateTime::<Utc>::from_timestamp_micros(assigned_micros)
+                            .map(timestamp)
+                            .ok_or_else(|| {
+                                DbError::Corrupt(format!(
+                                    "conversation {id}: announced time {assigned_micros}"
+                                ))
+                            })?;
+                        update(
+                            tx,
+                            id,
+                            version,
+                            "last_message_at = $3, announced_ticket_id = $4,
+                             announced_assigned_at = $5",
+                            &[&at, &ticket_id, &assigned_at],
+                        )
+                        .await?;
+                    }
+                    _ => update(tx, id, version, "last_message_at = $3", &[&at]).await?,
+                }
+            }
+            ConversationEvent::ConversationRead { .. } => {
+                update(tx, id, version, "unread_count = 0", &[]).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn insert_message(
+    tx: &mut Tx,
+    event: &StoredEvent,
+    message_id: &str,
+    direction: &str,
+    kind: &str,
+    author_id: Option<&str>,
+    text: &Sealed,
+) -> Result<(), DbError> {
+    on_backend!(tx, |t| {
+        sqlx::query(
+            "INSERT INTO conversation_messages (id, conversation_id, organization_id, direction,
+                kind, author_id, text, created_at, position)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(message_id)
+        .bind(&event.aggregate_id)
+        .bind(&event.metadata.organization)
+        .bind(direction)
+        .bind(kind)
+        .bind(author_id)
+        .bind(&text.0)
+        .bind(timestamp(event.occurred_at()))
+        .bind(event.position())
+        .execute(&mut **t)
+        .await?;
+    });
+    Ok(())
+}
+
+/// `UPDATE conversations SET <set>, version WHERE id`: `$1` the id, `$2` the version, the
+/// texts `$3...`.
+async fn update(
+    tx: &mut Tx,
+    id: &str,
+    version: i64,
+    set: &str,
+    texts: &[&String],
+) -> Result<(), DbError> {
+    let sql = format!("UPDATE conversations SET {set}, version = $2 WHERE id = $1");
+    let updated = on_backend!(tx, |t| {
+        let mut query = sqlx::query(&sql).bind(id).bind(version);
+        for text in texts {
+            query = query.bind(text.as_str());
+        }
+        query.execute(&mut **t).await?.rows_affected()
+    });
+    if updated != 1 {
+        return Err(DbError::Corrupt(format!(
+            "conversation {id} event {version} has no conversation row to update"
+        )));
+    }
+    Ok(())
+}
+
+/// Builds `channels` from ChannelConfig events.
+#[derive(Debug, Default)]
+pub struct ChannelsProjection;
+
+#[async_trait]
+impl Projection for ChannelsProjection {
+    fn name(&self) -> &'static str {
+        "channels"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["ChannelConfig"]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &["channels"]
+    }
+
+    async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
+        if event.aggregate_type != "ChannelConfig" {
+            return Ok(());
+        }
+        let ChannelEvent::ChannelConfigured {
+            organization,
+            profile,
+        } = event.decode::<ChannelEvent>()?;
+        on_backend!(tx, |t| {
+            sqlx::query(
+                "INSERT INTO channels (id, organization_id, channel, api_base_url, phone_number_id,
+                    configured_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET api_base_url = excluded.api_base_url,
+                    phone_number_id = excluded.phone_number_id,
+                    configured_at = excluded.configured_at",
+            )
+            .bind(&event.aggregate_id)
+            .bind(&organization)
+            .bind(profile.channel.as_str())
+            .bind(&profile.api_base_url)
+            .bind(&profile.phone_number_id)
+            .bind(timestamp(event.occurred_at()))
+            .execute(&mut **t)
+            .await?;
+        });
+        Ok(())
+    }
+}
+
+/// How old an outbound message may be when the outbox first sees it and still be sent.
+/// Older ones (a log restored into a fresh database, say) are recorded as dead letters
+/// instead: customers must not receive last month's messages, and an admin can still send
+/// one with `retryDelivery`.
+pub const OUTBOX_MAX_AGE_HOURS: i64 = 24;
+
+/// Queues outbound messages in `outbox_jobs`.
+#[derive(Debug, Default)]
+pub struct OutboxProjection;
+
+#[async_trait]
+impl Projection for OutboxProjection {
+    fn name(&self) -> &'static str {
+        "outbox"
+    }
+
+    fn aggregate_types(&self) -> &'static [&'static str] {
+        &["Conversation"]
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        // None: see the module documentation.
+        &[]
+    }
+
+    async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
+        if event.aggregate_type != "Conversation" {
+            return Ok(());
+        }
+        let ConversationEvent::OutboundMessageQueued {
+            message_id, kind, ..
+        } = event.decode::<ConversationEvent>()?
+        else {
+            return Ok(());
+        };
+        let queued_at = event.occurred_at();
+        let too_old = Utc::now() - queued_at > chrono::Duration::hours(OUTBOX_MAX_AGE_HOURS);
+        let (status, last_error) = if too_old {
+            ("DEAD", Some("older than 24 hours when queued; not sent"))
+        } else {
+            ("PENDING", None)
+        };
+        let now = timestamp(Utc::now());
+        on_backend!(tx, |t| {
+            sqlx::query(
+                "INSERT INTO outbox_jobs (message_id, organization_id, conversation_id, channel_id,
+                    priority, queued_at, idempotency_key, status, attempts, next_attempt_at,
+                    last_error, updated_at)
+                 SELECT $1, c.organization_id, c.id, c.channel_id, $2, $3, $1, $4, 0, $3, $5, $6
+                   FROM conversations c WHERE c.id = $7
+                 ON CONFLICT (message_id) DO NOTHING",
+            )
+            .bind(&message_id)
+            .bind(kind.delivery_priority())
+            .bind(timestamp(queued_at))
+            .bind(status)
+            .bind(last_error)
+            .bind(&now)
+            .bind(&event.aggregate_id)
+            .execute(&mut **t)
+            .await?;
+        });
+        Ok(())
+    }
+}
+
+/// A conversation as the read model holds it (personal data still sealed).
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct ConversationRecord {
+    /// The conversation id.
+    pub id: String,
+    /// Its organization.
+    pub organization_id: String,
+    /// WHATSAPP, TELEGRAM, ...
+    pub channel: String,
+    /// The configured channel.
+    pub channel_id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// Sealed handle.
+    pub external_id: String,
+    /// Sealed display name.
+    pub customer_name: Option<String>,
+    /// BOT or AGENT.
+    pub mode: String,
+    /// The division chosen.
+    pub division_id: Option<String>,
+    /// The last ticket linked.
+    pub ticket_id: Option<String>,
+    /// The agent holding the ticket, while it is active.
+    pub assignee_id: Option<String>,
+    /// Whether the customer waits for a human.
+    pub needs_human: bool,
+    /// Customer messages not read.
+    pub unread_count: i64,
+    /// The last message either way.
+    pub last_message_at: String,
+    /// When it started.
+    pub created_at: String,
+}
+
+/// What the conversation queries select: the row and the active ticket's assignee.
+const SELECT: &str = "SELECT c.id, c.organization_id, c.channel, c.channel_id, c.customer_id,
+        c.external_id, c.customer_name, c.mode, c.division_id, c.ticket_id,
+        CASE WHEN t.status IN ('ASSIGNED', 'IN_PROGRESS') THEN t.assignee_id END AS assignee_id,
+        c.needs_human, c.unread_count, c.last_message_at, c.created_at
+   FROM conversations c LEFT JOIN tickets t ON t.id = c.ticket_id";
+
+/// One conversation of the organization.
+pub async fn conversation(
+    db: &Database,
+    organization: &str,
+    id: &str,
+) -> Result<Option<ConversationRecord>, DbError> {
+    let sql = format!("{SELECT} WHERE c.id = $1 AND c.organization_id = $2");
+    Ok(on_backend!(db, |pool| sqlx::query_as(&sql)
+        .bind(id)
+        .bind(organization)
+        .fetch_optional(pool)
+        .await?))
+}
+
+/// Which conversations a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationFilter {
+    /// BOT or AGENT.
+    pub mode: Option<String>,
+    /// The division chosen.
+    pub division_id: Option<String>,
+    /// The agent holding the active ticket.
+    pub assignee_id: Option<String>,
+    /// Only those with unread customer messages.
+    pub unread_only: bool,
+}
+
+/// A page of conversations, the most recently active first.
+pub struct ConversationPage {
+    /// The rows.
+    pub rows: Vec<ConversationRecord>,
+    /// Whether more follow.
+    pub has_next_page: bool,
+    /// How many match the filter.
+    pub total_count: i64,
+}
+
+/// The organization's conversations matching `filter`, the latest message first, after
+/// the cursor `(last_message_at, id)`.
+pub async fn conversations(
+    db: &Database,
+    organization: &str,
+    filter: &ConversationFilter,
+    first: i64,
+    after: Option<(String, String)>,
+) -> Result<ConversationPage, DbError> {
+    let mut conditions = vec!["c.organization_id = $1".to_string()];
+    let mut texts: Vec<String> = vec![organization.to_string()];
+    let mut push = |condition: &str, value: String, texts: &mut Vec<String>| {
+        texts.push(value);
+        conditions.push(condition.replace('?', &format!("${}", texts.len())));
+    };
+    if let Some(mode) = &filter.mode {
+        push("c.mode = ?", mode.clone(), &mut texts);
+    }
+    if let Some(division) = &filter.division_id {
+        push("c.division_id = ?", division.clone(), &mut texts);
+    }
+    if let Some(assignee) = &filter.assignee_id {
+        push(
+            "t.assignee_id = ? AND t.status IN ('ASSIGNED', 'IN_PROGRESS')",
+            assignee.clone(),
+            &mut texts,
+        );
+    }
+    if filter.unread_only {
+        conditions.push("c.unread_count > 0".into());
+    }
+    let matching = conditions.join(" AND ");
+    let count_sql = format!(
+        "SELECT COUNT(*) FROM conversations c LEFT JOIN tickets t ON t.id = c.ticket_id
+          WHERE {matching}"
+    );
+    let total_count: i64 = on_backend!(db, |pool| {
+        let mut query = sqlx::query_scalar(&count_sql);
+        for text in &texts {
+            query = query.bind(text);
+        }
+        query.fetch_one(pool).await?
+    });
+    let mut page_conditions = matching.clone();
+    let mut page_texts = texts.clone();
+    if let Some((last_message_at, id)) = after {
+        page_texts.push(last_message_at);
+        page_texts.push(id);
+        let (a, b) = (page_texts.len() - 1, page_texts.len());
+        page_conditions.push_str(&format!(
+            " AND (c.last_message_at < ${a} OR (c.last_message_at = ${a} AND c.id > ${b}))"
+        ));
+    }
+    let sql = format!(
+        "{SELECT} WHERE {page_conditions} ORDER BY c.last_message_at DESC, c.id LIMIT {}",
+        first + 1
+    );
+    let mut rows: Vec<ConversationRecord> = on_backend!(db, |pool| {
+        let mut query = sqlx::query_as(&sql);
+        for text in &page_texts {
+            query = query.bind(text);
+        }
+        query.fetch_all(pool).await?
+    });
+    let has_next_page = rows.len() as i64 > first;
+    rows.truncate(first as usize);
+    Ok(ConversationPage {
+        rows,
+        has_next_page,
+        total_count,
+    })
+}
+
+/// A message as the read model holds it, with its delivery status (outbound only).
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct MessageRecord {
+    /// The message id.
+    pub id: String,
+    /// Its conversation.
+    pub conversation_id: String,
+    /// INBOUND or OUTBOUND.
+    pub direction: String,
+    /// CUSTOMER, REPLY, SYSTEM or BULK.
+    pub kind: String,
+    /// The agent who wrote a reply.
+    pub author_id: Option<String>,
+    /// Sealed text.
+    pub text: String,
+    /// When it was received or queued.
+    pub created_at: String,
+    /// Its place in the log (the message order and cursor).
+    pub position: i64,
+    /// PENDING, SENDING, DELIVERED or DEAD; `None` for inbound messages.
+    pub delivery_status: Option<String>,
+}
+
+/// `first` messages of a conversation in order, after the message at `after_position`, and
+/// the conversation's message count.
+pub async fn messages(
+    db: &Database,
+    organization: &str,
+    conversation_id: &str,
+    first: i64,
+    after_position: Option<i64>,
+) -> Result<(Vec<MessageRecord>, bool, i64), DbError> {
+    let total: i64 = on_backend!(db, |pool| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM conversation_messages
+          WHERE conversation_id = $1 AND organization_id = $2"
+    )
+    .bind(conversation_id)
+    .bind(organization)
+    .fetch_one(pool)
+    .await?);
+    let mut rows: Vec<MessageRecord> =
+        on_backend!(db, |pool| {
+            sqlx::query_as(
+        "SELECT m.id, m.conversation_id, m.direction, m.kind, m.author_id, m.text, m.created_at,
+                m.position, o.status AS delivery_status
+           FROM conversation_messages m LEFT JOIN outbox_jobs o ON o.message_id = m.id
+          WHERE m.conversation_id = $1 AND m.organization_id = $2 AND m.position > $3
+          ORDER BY m.position LIMIT $4"
+    )
+    .bind(conversation_id)
+    .bind(organization)
+    .bind(after_position.unwrap_or(-1))
+    .bind(first + 1)
+    .fetch_all(pool)
+    .await?
+        });
+    let more = rows.len() as i64 > first;
+    rows.truncate(first as usize);
+    Ok((rows, more, total))
+}
+
+/// Stores a channel's secrets (outside the event log), replacing earlier ones.
+pub async fn store_channel_secrets(
+    db: &Database,
+    channel_id: &str,
+    organization: &str,
+    settings_json: &str,
+) -> Result<(), DbError> {
+    on_backend!(db, |pool| {
+        sqlx::query(
+            "INSERT INTO channel_secrets (channel_id, organization_id, settings, updated_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (channel_id) DO UPDATE
+                SET settings = excluded.settings, updated_at = excluded.updated_at
+              WHERE channel_secrets.organization_id = excluded.organization_id",
+        )
+        .bind(channel_id)
+        .bind(organization)
+        .bind(settings_json)
+        .bind(timestamp(Utc::now()))
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// A channel's secrets (the settings given to configureChannel), for the webhooks and the
+/// delivery worker only.
+pub async fn channel_secrets(
+    db: &Database,
+    channel_id: &str,
+) -> Result<Option<serde_json::Value>, DbError> {
+    let stored: Option<String> = on_backend!(db, |pool| sqlx::query_scalar(
+        "SELECT settings FROM channel_secrets WHERE channel_id = $1"
+    )
+    .bind(channel_id)
+    .fetch_optional(pool)
+    .await?);
+    stored
+        .map(|json| serde_json::from_str(&json).map_err(|e| DbError::Corrupt(e.to_string())))
+        .transpose()
+}
+
+/// Conversations whose active ticket's assignment was not announced to the customer yet:
+/// `(organization, conversation id, ticket id)`, oldest assignment first.
+pub async fn unannounced_assignments(
+    db: &Database,
+    limit: i64,
+) -> Result<Vec<(String, String, String)>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as(
+        "SELECT c.organization_id, c.id, t.id FROM conversations c
+           JOIN tickets t ON t.id = c.ticket_id
+          WHERE t.status IN ('ASSIGNED', 'IN_PROGRESS') AND t.assigned_at IS NOT NULL
+            AND (c.announced_ticket_id IS NULL OR c.announced_ticket_id <> t.id
+                 OR c.announced_assigned_at IS NULL OR c.announced_assigned_at <> t.assigned_at)
+          ORDER BY t.assigned_at LIMIT $1"
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?))
+}
+
+/// Where a message stands in the log (its order within the conversation).
+pub async fn message_position(
+    db: &Database,
+    organization: &str,
+    conversation_id: &str,
+    message_id: &str,
+) -> Result<Option<i64>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_scalar(
+        "SELECT position FROM conversation_messages
+          WHERE id = $1 AND conversation_id = $2 AND organization_id = $3"
+    )
+    .bind(message_id)
+    .bind(conversation_id)
+    .bind(organization)
+    .fetch_optional(pool)
+    .await?))
+}
+
+/// The configured channel with this id, as `(organization, channel, api_base_url)`.
+pub async fn channel(
+    db: &Database,
+    id: &str,
+) -> Result<Option<(String, String, Option<String>)>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as(
+        "SELECT organization_id, channel, api_base_url FROM channels WHERE id = $1"
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?))
+}
+
+/// The WhatsApp channel of a phone number id, as `(channel id, organization)`.
+pub async fn whatsapp_channel(
+    db: &Database,
+    phone_number_id: &str,
+) -> Result<Option<(String, String)>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as(
+        "SELECT id, organization_id FROM channels
+          WHERE channel = 'WHATSAPP' AND phone_number_id = $1"
+    )
+    .bind(phone_number_id)
+    .fetch_optional(pool)
+    .await?))
+}

@@ -1,0 +1,261 @@
+//! Conversations end to end through GraphQL `receiveMessage` (the service role), on both
+//! backends: the queue-mode flow of the seed (menu → choice → queue number → "#" → an
+//! agent takes the ticket → the customer is told → the agent replies), queue mode off,
+//! idempotent redelivery, and personal data kept out of the event log.
+
+mod common;
+
+use common::{admin, agent, count, Server, TestDb};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const RECEIVE: &str = "mutation($input: ReceiveMessageInput!) { receiveMessage(input: $input) {
+    id mode divisionId unreadCount needsHuman customerName externalId
+    ticket { id status queuePosition divisionId }
+    messages(first: 100) { totalCount edges { node { direction author text deliveryStatus } } } } }";
+
+fn service() -> String {
+    Server::token("acme", "service", "whatsapp-bridge")
+}
+
+async fn receive(server: &Server, phone: &str, text: &str, message_id: &str) -> Value {
+    let input = json!({ "channel": "WHATSAPP", "externalId": phone, "customerName": "Budi Santoso",
+                        "text": text, "externalMessageId": message_id });
+    server
+        .data(&service(), RECEIVE, json!({ "input": input }))
+        .await["receiveMessage"]
+        .clone()
+}
+
+/// The texts of the conversation's outbound messages, in order.
+fn outbound(conversation: &Value) -> Vec<String> {
+    conversation["messages"]["edges"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter(|e| e["node"]["direction"] == "OUTBOUND")
+        .map(|e| e["node"]["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+async fn enable_queue_mode(server: &Server) {
+    server
+        .data(
+            &admin(),
+            "mutation { updateQueueSettings(input: { enabled: true }) { enabled } }",
+            json!({}),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn queue_mode_menu_choice_position_assignment_and_reply() {
+    for db in TestDb::all().await {
+        let server = Server::start(&db).await;
+        let admin = admin();
+        enable_queue_mode(&server).await;
+        let billing = server
+            .data(
+                &admin,
+                "mutation { createDivision(input: { name: \"Billing\", description: \"Pembayaran dan invoice\",
+                    keywords: [\"tagihan\", \"bayar\"], position: 1 }) { id } }",
+                json!({}),
+            )
+            .await["createDivision"]["id"]
+            .as_str()
+            .expect("division id")
+            .to_string();
+        server.create_division(&admin, "Support").await;
+        // Two customers already wait in Billing, so the new one is third.
+        for (phone, id) in [
+            ("+6281100000001", "wamid.a1"),
+            ("+6281100000002", "wamid.b1"),
+        ] {
+            receive(&server, phone, "halo", id).await;
+            let chose = receive(&server, phone, "billing", &format!("{id}-2")).await;
+            assert_eq!(chose["ticket"]["status"], "QUEUED", "{}", db.url);
+        }
+
+        let first = receive(&server, "+6281234567890", "Halo kak", "wamid.c1").await;
+        assert_eq!(first["mode"], "BOT");
+        assert_eq!(first["ticket"], Value::Null);
+        assert_eq!(first["customerName"], "Budi Santoso");
+        assert_eq!(first["externalId"], "+6281234567890");
+        let menu = outbound(&first);
+        assert_eq!(
+            menu,
+            vec![
+                "Selamat datang di toko kami, silahkan pilih agen yang anda tuju\n\
+                  1. Billing - Pembayaran dan invoice\n2. Support"
+                    .to_string()
+            ]
+        );
+
+        // An answer that picks nothing repeats the menu.
+        let unclear = receive(&server, "+6281234567890", "saya bingung", "wamid.c2").await;
+        assert_eq!(outbound(&unclear).len(), 2);
+        assert_eq!(outbound(&unclear)[1], menu[0]);
+
+        // "1" picks Billing: a ticket in Billing's queue, third in line.
+        let chose = receive(&server, "+6281234567890", "1", "wamid.c3").await;
+        assert_eq!(chose["mode"], "AGENT");
+        assert_eq!(chose["divisionId"], billing);
+        assert_eq!(chose["ticket"]["divisionId"], billing);
+        assert_eq!(chose["ticket"]["queuePosition"], 3);
+        assert_eq!(
+            outbound(&chose).last().expect("queue message"),
+            "Anda akan di layani oleh tim Billing, Tunggu dalam antrian ke 3. Tekan # untuk cek antrian"
+        );
+        let conversation_id = chose["id"].as_str().expect("id").to_string();
+        let ticket_id = chose["ticket"]["id"].as_str().expect("ticket").to_string();
+
+        // The first customer is served: ours moves up; "#" tells the new place.
+        let head = server
+            .data(
+                &admin,
+                "query($d: ID) { queue(divisionId: $d, first: 1) { edges { node { ticket { id } } } } }",
+                json!({ "d": billing }),
+            )
+            .await["queue"]["edges"][0]["node"]["ticket"]["id"]
+            .as_str()
+            .expect("head")
+            .to_string();
+        let register = "mutation($id: ID!, $d: ID!) {
+            registerAgent(input: { id: $id, name: $id, divisionIds: [$d] }) { id } }";
+        for name in ["sari", "dewi"] {
+            server
+                .data(&admin, register, json!({ "id": name, "d": billing }))
+                .await;
+        }
+        server.claim_ticket(&agent("sari"), &head).await;
+        let asked = receive(&server, "+6281234567890", " # ", "wamid.c4").await;
+        assert_eq!(
+            outbound(&asked).last().expect("position message"),
+            "Anda masih dalam antrian ke 2. mohon menunggu"
+        );
+
+        // A redelivered webhook changes nothing.
+        let again = receive(&server, "+6281234567890", " # ", "wamid.c4").await;
+        assert_eq!(
+            again["messages"]["totalCount"],
+            asked["messages"]["totalCount"]
+        );
+
+        // An agent takes the ticket: the customer is told, by name.
+        server.claim_ticket(&agent("dewi"), &ticket_id).await;
+        let told = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let c = server
+                    .data(
+                        &admin,
+                        "query($id: ID!) { conversation(id: $id) { assignee { id }
+                            messages(first: 100) { edges { node { direction text } } } } }",
+                        json!({ "id": conversation_id }),
+                    )
+                    .await["conversation"]
+                    .clone();
+                if outbound(&c).iter().any(|t| t.starts_with("Agen dewi")) {
+                    return c;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("the customer is told an agent is ready");
+        assert_eq!(told["assignee"]["id"], "dewi");
+        assert_eq!(
+            outbound(&told).last().expect("notice"),
+            "Agen dewi siap membantu Anda sekarang."
+        );
+
+        // Only the holder replies; the reply is queued for delivery.
+        let reply = "mutation($id: ID!, $t: String!) { sendReply(conversationId: $id, text: $t) {
+            direction author text deliveryStatus } }";
+        let refused = server
+            .graphql(
+                Some(&agent("sari")),
+                reply,
+                json!({ "id": conversation_id, "t": "Halo" }),
+            )
+            .await;
+        assert_eq!(common::error_code(&refused), Some("FORBIDDEN"));
+        let sent = server
+            .data(
+                &agent("dewi"),
+                reply,
+                json!({ "id": conversation_id, "t": "Halo Budi, tagihan Anda sudah kami cek." }),
+            )
+            .await["sendReply"]
+            .clone();
+        assert_eq!(sent["direction"], "OUTBOUND");
+        assert_eq!(sent["author"], "dewi");
+        assert_eq!(sent["text"], "Halo Budi, tagihan Anda sudah kami cek.");
+
+        // Unread badge: five customer messages, then read.
+        let read = server
+            .data(
+                &agent("dewi"),
+                "mutation($id: ID!) { markConversationRead(id: $id) { unreadCount needsHuman } }",
+                json!({ "id": conversation_id }),
+            )
+            .await["markConversationRead"]
+            .clone();
+        assert_eq!(read["unreadCount"], 0);
+        assert_eq!(read["needsHuman"], false);
+
+        // Personal data never reaches the event log in clear.
+        let direct = db.connect().await;
+        for secret in ["+6281234567890", "Budi", "tagihan Anda", "saya bingung"] {
+            let sql = format!(
+                "SELECT COUNT(*) FROM events WHERE CAST(payload AS TEXT) LIKE '%{secret}%' OR CAST(metadata AS TEXT) LIKE '%{secret}%'"
+            );
+            assert_eq!(
+                count(&direct, &sql).await,
+                0,
+                "{secret} in the log ({})",
+                db.url
+            );
+        }
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn queue_mode_off_opens_a_ticket_at_once_and_a_resolved_ticket_a_new_one() {
+    for db in TestDb::all().await {
+        let server = Server::start(&db).await;
+        let first = receive(&server, "+62800", "printer rusak, gawat", "m-1").await;
+        assert_eq!(first["mode"], "AGENT");
+        assert_eq!(first["needsHuman"], true);
+        assert_eq!(first["ticket"]["status"], "QUEUED");
+        assert_eq!(first["ticket"]["divisionId"], Value::Null);
+        assert!(outbound(&first).is_empty());
+        let ticket = first["ticket"]["id"].as_str().expect("ticket").to_string();
+        let urgent = server.ticket(&admin(), &ticket, "priority").await;
+        assert_eq!(urgent["priority"], "URGENT");
+
+        let second = receive(&server, "+62800", "masih rusak", "m-2").await;
+        assert_eq!(second["ticket"]["id"], ticket.as_str());
+        assert_eq!(second["unreadCount"], 2);
+
+        server.register_agents(&admin(), &["eko"]).await;
+        server.claim_ticket(&agent("eko"), &ticket).await;
+        server.resolve_ticket(&agent("eko"), &ticket).await;
+        let after = receive(&server, "+62800", "rusak lagi", "m-3").await;
+        assert_ne!(after["ticket"]["id"], ticket.as_str());
+        assert_eq!(after["ticket"]["status"], "QUEUED");
+
+        // Only the service role delivers customer messages.
+        let input = json!({ "channel": "TELEGRAM", "externalId": "42", "text": "hi" });
+        let refused = server
+            .graphql(Some(&admin()), RECEIVE, json!({ "input": input }))
+            .await;
+        assert_eq!(common::error_code(&refused), Some("FORBIDDEN"));
+        let empty = json!({ "channel": "TELEGRAM", "externalId": "42", "text": "  " });
+        let refused = server
+            .graphql(Some(&service()), RECEIVE, json!({ "input": empty }))
+            .await;
+        assert_eq!(common::error_code(&refused), Some("BAD_USER_INPUT"));
+        server.stop().await;
+    }
+}
