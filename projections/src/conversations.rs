@@ -519,9 +519,8 @@ pub async fn messages(
     .bind(organization)
     .fetch_one(pool)
     .await?);
-    let mut rows: Vec<MessageRecord> =
-        on_backend!(db, |pool| {
-            sqlx::query_as(
+    let mut rows: Vec<MessageRecord> = on_backend!(db, |pool| {
+        sqlx::query_as(
         "SELECT m.id, m.conversation_id, m.direction, m.kind, m.author_id, m.text, m.created_at,
                 m.position, o.status AS delivery_status
            FROM conversation_messages m LEFT JOIN outbox_jobs o ON o.message_id = m.id
@@ -534,7 +533,7 @@ pub async fn messages(
     .bind(first + 1)
     .fetch_all(pool)
     .await?
-        });
+    });
     let more = rows.len() as i64 > first;
     rows.truncate(first as usize);
     Ok((rows, more, total))
