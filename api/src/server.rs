@@ -1,5 +1,5 @@
 //! The HTTP server: GraphQL (`POST /graphql`, GraphiQL on `GET /graphql`), `/healthz`,
-//! `/readyz`, `/metrics`; graceful shutdown that drains requests before stopping the
+//! `/readyz`, `/metrics`, the providers' webhooks (`/webhooks/...`); graceful shutdown that drains requests before stopping the
 //! projection runners and closing the database.
 
 use async_graphql::http::GraphiQLSource;
@@ -80,7 +80,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::webhooks::routes(state.helpdesk))
 }
 
 async fn graphiql() -> Html<String> {

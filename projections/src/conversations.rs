@@ -618,6 +618,16 @@ pub async fn message_position(
     .await?))
 }
 
+/// The ids of every configured channel of one kind (all organizations).
+pub async fn channels_of_kind(db: &Database, channel: &str) -> Result<Vec<String>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_scalar(
+        "SELECT id FROM channels WHERE channel = $1 ORDER BY id"
+    )
+    .bind(channel)
+    .fetch_all(pool)
+    .await?))
+}
+
 /// The configured channel with this id, as `(organization, channel, api_base_url)`.
 pub async fn channel(
     db: &Database,
