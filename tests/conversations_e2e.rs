@@ -259,3 +259,79 @@ async fn queue_mode_off_opens_a_ticket_at_once_and_a_resolved_ticket_a_new_one()
         server.stop().await;
     }
 }
+
+/// The ticket's current assignee, as the read model shows it.
+async fn assignee(server: &Server, ticket: &str) -> Option<String> {
+    server.ticket(&admin(), ticket, "assignee { id }").await["assignee"]["id"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn an_unanswered_conversation_is_escalated_and_a_reply_locks_it() {
+    for db in TestDb::all().await {
+        let server = Server::start(&db).await;
+        server
+            .data(
+                &admin(),
+                "mutation { updateQueueSettings(input: { escalationAfterSeconds: 1 }) { escalationAfterSeconds } }",
+                json!({}),
+            )
+            .await;
+        server.register_agents(&admin(), &["ann", "bob"]).await;
+        for name in ["ann", "bob"] {
+            server
+                .data(&agent(name), "mutation { goOnline { online } }", json!({}))
+                .await;
+        }
+        let first = receive(&server, "+62811", "halo, pesanan saya belum sampai", "e-1").await;
+        let ticket = first["ticket"]["id"].as_str().expect("ticket").to_string();
+        let conversation = first["id"].as_str().expect("id").to_string();
+        let holder = assignee(&server, &ticket).await.expect("assigned at once");
+        let other = if holder == "ann" { "bob" } else { "ann" };
+
+        // Nobody answers: within a few seconds the other agent has it.
+        let escalated = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if assignee(&server, &ticket).await.as_deref() == Some(other) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(escalated.is_ok(), "not escalated to {other} ({})", db.url);
+        let direct = db.connect().await;
+        let recorded = count(
+            &direct,
+            &format!(
+                "SELECT COUNT(*) FROM events WHERE aggregate_id = '{ticket}'
+                   AND CAST(payload AS TEXT) LIKE '%\"escalation\"%'
+                   AND CAST(payload AS TEXT) LIKE '%did not answer the customer within 1 s%'"
+            ),
+        )
+        .await;
+        assert_eq!(recorded, 1, "one escalation, with its reason ({})", db.url);
+
+        // The new holder answers: ownership is locked, no further escalation.
+        server
+            .data(
+                &agent(other),
+                "mutation($id: ID!) { sendReply(conversationId: $id, text: \"Sebentar ya\") { id } }",
+                json!({ "id": conversation }),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(assignee(&server, &ticket).await.as_deref(), Some(other));
+        let escalations = count(
+            &direct,
+            &format!(
+                "SELECT COUNT(*) FROM events WHERE aggregate_id = '{ticket}'
+                   AND CAST(payload AS TEXT) LIKE '%\"escalation\"%'"
+            ),
+        )
+        .await;
+        assert_eq!(escalations, 1, "{}", db.url);
+        server.stop().await;
+    }
+}

@@ -16,13 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Every role a replica contends for: the projections, then the assignment process.
-const ROLES: [&str; 5] = [
-    "tickets",
-    "divisions",
-    "agents",
-    "queue_settings",
-    "assignment",
-];
+/// Every role a lease decides.
+fn roles() -> Vec<&'static str> {
+    api::helpdesk::lease_roles()
+}
 
 /// Three replicas per test is about a third of PostgreSQL's default 100 connections (each
 /// pool opens up to 20, plus the lease and listener connections): the tests of this file
@@ -56,7 +53,7 @@ async fn held_roles(http: &reqwest::Client, base_url: &str) -> Option<BTreeSet<S
             other => panic!("lease gauge {role} = {other}"),
         }
     }
-    assert_eq!(seen, ROLES.len(), "one lease gauge per role:\n{body}");
+    assert_eq!(seen, roles().len(), "one lease gauge per role:\n{body}");
     Some(held)
 }
 
@@ -66,7 +63,7 @@ async fn lease_table(
     replicas: &[(usize, String)],
 ) -> BTreeMap<&'static str, Vec<usize>> {
     let mut table: BTreeMap<&'static str, Vec<usize>> =
-        ROLES.iter().map(|role| (*role, Vec::new())).collect();
+        roles().iter().map(|role| (*role, Vec::new())).collect();
     for (index, url) in replicas {
         if let Some(held) = held_roles(http, url).await {
             for role in held {

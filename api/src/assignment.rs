@@ -135,6 +135,25 @@ async fn assign_with_slot(
     decision: Option<AssignmentDecision>,
     wait: Wait,
 ) -> Result<DateTime<Utc>, SagaFailure> {
+    assign_with_slot_from(
+        helpdesk, origin, ticket_id, agent_id, via, decision, None, wait,
+    )
+    .await
+}
+
+/// [`assign_with_slot`]; for an escalation, `from_agent` is the holder it was decided
+/// against.
+#[allow(clippy::too_many_arguments)]
+async fn assign_with_slot_from(
+    helpdesk: &Helpdesk,
+    origin: &Origin,
+    ticket_id: &str,
+    agent_id: &str,
+    via: AssignmentVia,
+    decision: Option<AssignmentDecision>,
+    from_agent: Option<&str>,
+    wait: Wait,
+) -> Result<DateTime<Utc>, SagaFailure> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -154,7 +173,13 @@ async fn assign_with_slot(
                 reservation,
                 decision: decision.clone(),
             },
-            (AssignmentVia::Auto, None) => {
+            (AssignmentVia::Escalation, Some(decision)) => TicketAction::Escalate {
+                from_agent_id: from_agent.unwrap_or_default().to_string(),
+                agent_id: agent_id.to_string(),
+                reservation,
+                decision: decision.clone(),
+            },
+            (AssignmentVia::Auto | AssignmentVia::Escalation, None) => {
                 return Err(SagaFailure::Ticket(ApiError::internal(
                     "automatic assignment without a decision",
                 )))
@@ -398,6 +423,71 @@ async fn try_assign_waiting(
         }
     }
     Ok(assigned)
+}
+
+/// Takes `ticket_id` from `from_agent`, who did not answer its customer within
+/// `after_seconds`, and gives it to the agent the division's policy chooses among the
+/// others (online, serving the division, with a free slot). Returns the new agent, or
+/// `None` when nobody else can take it now (the ticket stays; the next pass looks again).
+pub(crate) async fn escalate(
+    helpdesk: &Helpdesk,
+    origin: &Origin,
+    ticket_id: &str,
+    from_agent: &str,
+    after_seconds: i64,
+) -> ApiResult<Option<String>> {
+    let db = &helpdesk.db;
+    let ticket = helpdesk
+        .load_ticket(&origin.organization, ticket_id)
+        .await?;
+    let division_id = ticket.division_id().map(str::to_string);
+    let algorithm = match &division_id {
+        Some(division) => projections::divisions::division(db, &origin.organization, division)
+            .await?
+            .and_then(|d| d.algorithm())
+            .unwrap_or_default(),
+        None => AssignmentAlgorithm::RoundRobin,
+    };
+    let agents =
+        projections::agents::workload(db, &origin.organization, division_id.as_deref()).await?;
+    let candidates: Vec<Candidate> = agents
+        .iter()
+        .filter(|a| a.agent.id != from_agent)
+        .map(|a| Candidate {
+            agent_id: a.agent.id.clone(),
+            online: a.agent.online,
+            serves_division: true,
+            active: a.active_tickets,
+            max_tickets: a.agent.max_tickets,
+            last_assigned_at: a
+                .last_assigned_at
+                .as_deref()
+                .and_then(|t| projections::db::parse_timestamp(t).ok()),
+        })
+        .collect();
+    let Some(mut decision) = choose(algorithm, &candidates, rand::random()) else {
+        return Ok(None);
+    };
+    decision.reason = format!(
+        "escalated: agent {from_agent} did not answer the customer within {after_seconds} s; {}",
+        decision.reason
+    );
+    let winner = decision.winner.clone();
+    let started = Instant::now();
+    let outcome = assign_with_slot_from(
+        helpdesk,
+        origin,
+        ticket_id,
+        &winner,
+        AssignmentVia::Escalation,
+        Some(decision),
+        Some(from_agent),
+        Wait::No,
+    )
+    .await
+    .map_err(SagaFailure::into_error);
+    helpdesk.measure("escalateTicket", started, &outcome);
+    outcome.map(|_| Some(winner))
 }
 
 /// One pass over an organization: release idle slots, requeue for offline agents, fill

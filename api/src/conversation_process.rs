@@ -1,12 +1,24 @@
-//! The conversation process: tells customers when an agent takes their ticket.
+//! The conversation process: tells customers when an agent takes their ticket, and
+//! escalates conversations their agent leaves unanswered.
 //!
-//! Level-triggered, like the assignment process: it looks for conversations whose active
-//! ticket's current assignment has not been announced (`announced_*` in `conversations`
-//! differs from the ticket's `assigned_at`) and announces each once. The announcement
-//! names the assignment it announces, and the Conversation aggregate refuses a second one
-//! for the same assignment, so two attempts (a flow and this process, or two replicas
-//! around a lease change) still send one message. It runs in one replica at a time (the
-//! lease `ROLE`), wakes on every commit and looks again every second.
+//! Level-triggered, like the assignment process, so nothing is lost across restarts or
+//! lease changes: each pass derives what is due from the read models.
+//!
+//! - **Announcements**: conversations whose active ticket's current assignment has not been
+//!   announced (`announced_*` in `conversations` differs from the ticket's `assigned_at`)
+//!   get `agentReadyMessage`. The announcement names the assignment, and the Conversation
+//!   aggregate refuses a second one for the same assignment, so two attempts (a flow and
+//!   this process, or two replicas around a lease change) still send one message.
+//! - **Escalation** (centralized-chat-roadmap.md 3.2): a conversation whose agent has not
+//!   replied within `escalationAfterSeconds` of the assignment (event time: the
+//!   assignment's `occurred_at`, so the deadline survives restarts and needs no timer
+//!   table) is taken from that agent and given to the next eligible one. A reply by the
+//!   holder after the assignment locks ownership. The escalation command names the holder
+//!   it was decided against, so a second attempt on a changed ticket is refused: it fires
+//!   once. When nobody else can take the ticket it stays, and the next pass looks again.
+//!
+//! It runs in one replica at a time (the lease `ROLE`), wakes on every commit and looks
+//! again every second.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,8 +126,72 @@ async fn run(helpdesk: Arc<Helpdesk>, shutdown: CancellationToken) {
     }
 }
 
-/// One look for unannounced assignments.
+/// One look for escalations and unannounced assignments.
 async fn pass(helpdesk: &Helpdesk) -> ApiResult<()> {
+    escalate_due(helpdesk).await?;
+    announce_due(helpdesk).await
+}
+
+/// The shortest escalation delay that can be due (1 s): rows assigned later cannot be.
+const MIN_ESCALATION: chrono::Duration = chrono::Duration::seconds(1);
+
+/// Escalates every conversation whose deadline passed.
+async fn escalate_due(helpdesk: &Helpdesk) -> ApiResult<()> {
+    let now = chrono::Utc::now();
+    let latest = projections::db::timestamp(now - MIN_ESCALATION);
+    let mut delays: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for due in
+        projections::conversations::unanswered_assignments(&helpdesk.db, &latest, BATCH).await?
+    {
+        let delay = match delays.get(&due.organization_id) {
+            Some(delay) => *delay,
+            None => {
+                let settings =
+                    projections::queue_settings::settings(&helpdesk.db, &due.organization_id)
+                        .await?;
+                delays.insert(
+                    due.organization_id.clone(),
+                    settings.escalation_after_seconds,
+                );
+                settings.escalation_after_seconds
+            }
+        };
+        if delay <= 0 {
+            continue;
+        }
+        let assigned_at = parse_timestamp(&due.assigned_at)?;
+        if now < assigned_at + chrono::Duration::seconds(delay) {
+            continue;
+        }
+        let origin = Origin {
+            organization: due.organization_id.clone(),
+            actor: Actor::new("system:conversations", Role::Service),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            causation_id: Some(format!("Ticket/{}", due.ticket_id)),
+        };
+        let escalated =
+            crate::assignment::escalate(helpdesk, &origin, &due.ticket_id, &due.assignee_id, delay)
+                .await;
+        match escalated {
+            Ok(Some(to)) => tracing::info!(
+                ticket = due.ticket_id,
+                from = due.assignee_id,
+                to,
+                "escalated an unanswered conversation"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::debug!(
+                ticket = due.ticket_id,
+                code = error.code(),
+                "escalation refused"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Announces every assignment not announced yet.
+async fn announce_due(helpdesk: &Helpdesk) -> ApiResult<()> {
     for (organization, conversation_id, ticket_id) in
         projections::conversations::unannounced_assignments(&helpdesk.db, BATCH).await?
     {

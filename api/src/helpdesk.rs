@@ -89,6 +89,15 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
     ]
 }
 
+/// Every role one replica at a time runs: each projector, the assignment process, the
+/// conversation process and the outbox delivery.
+pub fn lease_roles() -> Vec<&'static str> {
+    let mut roles: Vec<&'static str> = all_projections().iter().map(|p| p.name()).collect();
+    roles.push(crate::assignment::ROLE);
+    roles.push(crate::conversation_process::ROLE);
+    roles
+}
+
 /// Who issues a command and on whose behalf: the metadata of brief rule 7.
 #[derive(Debug, Clone)]
 pub struct Origin {
@@ -180,9 +189,7 @@ impl Helpdesk {
         let signal = LogSignal::default();
         let listener = signal.listen_to_postgres(&db, shutdown.clone());
         let projections = all_projections();
-        let mut roles: Vec<&'static str> = projections.iter().map(|p| p.name()).collect();
-        roles.push(crate::assignment::ROLE);
-        roles.push(crate::conversation_process::ROLE);
+        let roles = lease_roles();
         let (leases, lease_task) = Leases::start(&db, &roles, shutdown.clone());
         let pause_before_commit = config
             .failpoint
@@ -702,6 +709,7 @@ pub fn command_name(action: &TicketAction) -> &'static str {
         TicketAction::Claim { .. } => "claimTicket",
         TicketAction::Assign { .. } => "assignTicket",
         TicketAction::AutoAssign { .. } => "autoAssignTicket",
+        TicketAction::Escalate { .. } => "escalateTicket",
         TicketAction::Requeue { .. } => "requeueTicket",
         TicketAction::Start => "startTicket",
         TicketAction::Resolve { .. } => "resolveTicket",

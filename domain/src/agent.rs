@@ -269,13 +269,16 @@ impl AgentStatus {
                     }
                     _ => {}
                 }
-                if via == AssignmentVia::Auto && !self.online {
+                if matches!(via, AssignmentVia::Auto | AssignmentVia::Escalation) && !self.online {
                     return Err(AgentError::InvalidTransition(format!(
                         "agent {} is offline",
                         self.name
                     )));
                 }
-                if matches!(via, AssignmentVia::Auto | AssignmentVia::Claim) {
+                if matches!(
+                    via,
+                    AssignmentVia::Auto | AssignmentVia::Claim | AssignmentVia::Escalation
+                ) {
                     if let Some(division) = &division_id {
                         if !self.division_ids.contains(division) {
                             return Err(AgentError::NotPermitted(format!(

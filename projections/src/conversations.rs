@@ -618,6 +618,45 @@ pub async fn message_position(
     .await?))
 }
 
+/// A conversation whose agent has not answered since the ticket was assigned to them.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct Unanswered {
+    /// Its organization.
+    pub organization_id: String,
+    /// The conversation.
+    pub conversation_id: String,
+    /// Its active ticket.
+    pub ticket_id: String,
+    /// The agent holding it.
+    pub assignee_id: String,
+    /// When it was assigned to them (event time).
+    pub assigned_at: String,
+}
+
+/// Active conversation tickets whose holder has not replied since the assignment, the
+/// oldest assignment first. A reply by the holder after the assignment locks ownership, so
+/// those never appear.
+pub async fn unanswered_assignments(
+    db: &Database,
+    assigned_before: &str,
+    limit: i64,
+) -> Result<Vec<Unanswered>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as(
+        "SELECT c.organization_id, c.id AS conversation_id, t.id AS ticket_id,
+                t.assignee_id, t.assigned_at
+           FROM conversations c JOIN tickets t ON t.id = c.ticket_id
+          WHERE t.status IN ('ASSIGNED', 'IN_PROGRESS') AND t.assignee_id IS NOT NULL
+            AND t.assigned_at IS NOT NULL AND t.assigned_at <= $1
+            AND NOT (c.last_agent_reply_by IS NOT NULL AND c.last_agent_reply_by = t.assignee_id
+                     AND c.last_agent_reply_at >= t.assigned_at)
+          ORDER BY t.assigned_at LIMIT $2"
+    )
+    .bind(assigned_before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?))
+}
+
 /// The ids of every configured channel of one kind (all organizations).
 pub async fn channels_of_kind(db: &Database, channel: &str) -> Result<Vec<String>, DbError> {
     Ok(on_backend!(db, |pool| sqlx::query_scalar(

@@ -61,6 +61,15 @@ pub enum TicketAction {
         reservation: u64,
         decision: AssignmentDecision,
     },
+    /// The assignee did not answer the customer in time: the conversation process gives
+    /// the ticket to the agent its policy chose instead. Refused when `from_agent_id` no
+    /// longer holds it (the escalation was decided on an older state).
+    Escalate {
+        from_agent_id: String,
+        agent_id: String,
+        reservation: u64,
+        decision: AssignmentDecision,
+    },
     /// The agent went offline under the REQUEUE policy: an assigned, not yet started ticket
     /// goes back to its queue at its original place.
     Requeue { agent_id: String },
@@ -93,6 +102,9 @@ pub enum AssignmentVia {
     Admin,
     /// The assignment process chose the agent (the decision is in the event).
     Auto,
+    /// Taken from an agent who did not answer the customer in time and given to the agent
+    /// the policy chose (the decision, with the reason, is in the event).
+    Escalation,
 }
 
 /// What happened to a ticket. Who and when are in the event's metadata.

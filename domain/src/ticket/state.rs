@@ -343,6 +343,41 @@ impl Ticket {
                     decision: Some(decision),
                 }
             }
+            TicketAction::Escalate {
+                from_agent_id,
+                agent_id,
+                reservation,
+                decision,
+            } => {
+                if !matches!(actor.role, Role::Service | Role::Admin) {
+                    return Err(TicketError::NotPermitted(
+                        "escalations are the conversation process's".into(),
+                    ));
+                }
+                if self.assigned_with(&agent_id, reservation) {
+                    return Ok(vec![]);
+                }
+                if !matches!(status, TicketStatus::Assigned | TicketStatus::InProgress)
+                    || self.assignee.as_deref() != Some(from_agent_id.as_str())
+                {
+                    return self.refuse(format!(
+                        "only a ticket agent {from_agent_id} holds can be escalated from them"
+                    ));
+                }
+                if agent_id == from_agent_id {
+                    return Err(invalid("an escalation goes to another agent"));
+                }
+                if decision.winner != agent_id {
+                    return Err(invalid("the decision names another agent"));
+                }
+                self.ensure_reservation_current(reservation)?;
+                TicketEvent::TicketAssigned {
+                    agent_id,
+                    previous_agent_id: Some(from_agent_id),
+                    via: AssignmentVia::Escalation,
+                    decision: Some(decision),
+                }
+            }
             TicketAction::Requeue { agent_id } => {
                 if !matches!(actor.role, Role::Service | Role::Admin) {
                     return Err(TicketError::NotPermitted(

@@ -1549,3 +1549,49 @@ fn old_assignment_events_without_a_decision_still_read() {
     let event: TicketEvent = serde_json::from_value(json).unwrap();
     assert_eq!(event, claimed_by("ann"));
 }
+
+#[test]
+fn an_unanswered_ticket_is_escalated_from_its_holder_only() {
+    let escalate = |from: &str, to: &str| TicketAction::Escalate {
+        from_agent_id: from.into(),
+        agent_id: to.into(),
+        reservation: 2,
+        decision: decision_for(to),
+    };
+    for status in [TicketStatus::Assigned, TicketStatus::InProgress] {
+        let reservation = history(status).len() as u64;
+        let mut action = escalate("ann", "bob");
+        if let TicketAction::Escalate { reservation: r, .. } = &mut action {
+            *r = reservation;
+        }
+        given_status(status)
+            .when(cmd(service(), action))
+            .then_expect_events(vec![TicketEvent::TicketAssigned {
+                agent_id: "bob".into(),
+                previous_agent_id: Some("ann".into()),
+                via: AssignmentVia::Escalation,
+                decision: Some(decision_for("bob")),
+            }]);
+    }
+    // Decided on an older state: someone else holds it now, or it is queued or done.
+    for status in [TicketStatus::Queued, TicketStatus::Resolved] {
+        given_status(status)
+            .when(cmd(service(), escalate("ann", "bob")))
+            .then_expect_error(refused(
+                status,
+                "only a ticket agent ann holds can be escalated from them",
+            ));
+    }
+    given_status(TicketStatus::Assigned)
+        .when(cmd(service(), escalate("cid", "bob")))
+        .then_expect_error(refused(
+            TicketStatus::Assigned,
+            "only a ticket agent cid holds can be escalated from them",
+        ));
+    given_status(TicketStatus::Assigned)
+        .when(cmd(service(), escalate("ann", "ann")))
+        .then_expect_error(invalid("an escalation goes to another agent"));
+    given_status(TicketStatus::Assigned)
+        .when(cmd(agent("bob"), escalate("ann", "bob")))
+        .then_expect_error(not_permitted("escalations are the conversation process's"));
+}
