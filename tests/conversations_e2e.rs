@@ -335,3 +335,68 @@ async fn an_unanswered_conversation_is_escalated_and_a_reply_locks_it() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn the_menu_shows_waits_and_a_clear_first_message_skips_it() {
+    for db in TestDb::all().await {
+        let server = Server::start(&db).await;
+        let admin = admin();
+        server
+            .data(
+                &admin,
+                "mutation { updateQueueSettings(input: { enabled: true, showWaitTime: true,
+                    detectDivision: true }) { enabled } }",
+                json!({}),
+            )
+            .await;
+        let billing = server
+            .data(
+                &admin,
+                "mutation { createDivision(input: { name: \"Billing\", keywords: [\"tagihan\"],
+                    assignmentMode: CLAIM, avgHandlingMinutes: 15 }) { id } }",
+                json!({}),
+            )
+            .await["createDivision"]["id"]
+            .as_str()
+            .expect("division")
+            .to_string();
+        // Two customers wait in Billing; one agent serving it is online.
+        for phone in ["+621", "+622"] {
+            let opened = receive(&server, phone, "mau tanya tagihan", &format!("{phone}-1")).await;
+            assert_eq!(opened["divisionId"], billing, "detected from the words");
+            assert_eq!(
+                outbound(&opened),
+                vec![format!(
+                    "Anda akan di layani oleh tim Billing, Tunggu dalam antrian ke {}. Tekan # untuk cek antrian",
+                    if phone == "+621" { 1 } else { 2 }
+                )]
+            );
+        }
+        server
+            .data(
+                &admin,
+                "mutation($d: ID!) { registerAgent(input: { id: \"rina\", name: \"Rina\", divisionIds: [$d] }) { id } }",
+                json!({ "d": billing }),
+            )
+            .await;
+        server
+            .data(
+                &agent("rina"),
+                "mutation { goOnline { online } }",
+                json!({}),
+            )
+            .await;
+        // A first message naming no division gets the menu, with the wait of a newcomer:
+        // third in line x 15 minutes / 1 agent.
+        let menu = receive(&server, "+623", "halo", "+623-1").await;
+        assert_eq!(
+            outbound(&menu),
+            vec![
+                "Selamat datang di toko kami, silahkan pilih agen yang anda tuju\n\
+                  1. Billing (2 antrian, ~45 menit)"
+                    .to_string()
+            ]
+        );
+        server.stop().await;
+    }
+}

@@ -75,6 +75,9 @@ pub struct Received {
     pub recorded: bool,
 }
 
+/// The handling time of tickets without a division (they have no configured average).
+pub const DEFAULT_HANDLING_MINUTES: i64 = 10;
+
 /// Bounds of what customers send.
 const MAX_EXTERNAL_ID_CHARS: usize = 200;
 
@@ -331,9 +334,16 @@ impl Flow<'_> {
                     projections::queue::position(&helpdesk.db, organization, &ticket.id).await?;
                 if let Some(place) = place {
                     let division = self.division_name(ticket.division_id.as_deref()).await?;
+                    let wait = self
+                        .wait_minutes(ticket.division_id.as_deref(), place)
+                        .await?;
                     let reply = menu::fill(
                         &settings.queue_position_message,
-                        &[("queue_number", place.to_string()), ("division", division)],
+                        &[
+                            ("queue_number", place.to_string()),
+                            ("division", division),
+                            ("wait_minutes", wait),
+                        ],
                     );
                     self.say("position", &reply, None).await?;
                 }
@@ -375,11 +385,13 @@ impl Flow<'_> {
         let place = projections::queue::position(&helpdesk.db, organization, &ticket.id).await?;
         match place {
             Some(place) => {
+                let wait = self.wait_minutes(Some(&division.id), place).await?;
                 let reply = menu::fill(
                     &settings.queue_message_template,
                     &[
                         ("division", division.name.clone()),
                         ("queue_number", place.to_string()),
+                        ("wait_minutes", wait),
                     ],
                 );
                 self.say("queued", &reply, None).await?;
@@ -485,11 +497,10 @@ impl Flow<'_> {
                     Some(&record.id),
                 )
                 .await?;
-                let seconds = crate::graphql::types::estimated_wait_seconds(
-                    waiting + 1,
-                    record.avg_handling_minutes,
-                    online,
-                );
+                let handling = helpdesk
+                    .typical_handling_seconds(organization, &record.id, record.avg_handling_minutes)
+                    .await?;
+                let seconds = domain::wait::estimated_wait_seconds(waiting + 1, handling, online);
                 seconds.map(|s| (waiting, (s + 59) / 60))
             } else {
                 None
@@ -503,6 +514,28 @@ impl Flow<'_> {
             });
         }
         Ok(divisions)
+    }
+
+    /// The estimated wait at `place` in whole minutes (rounded up) for templates, "?" while
+    /// nobody who could serve the queue is online.
+    async fn wait_minutes(&self, division: Option<&str>, place: i64) -> ApiResult<String> {
+        let helpdesk = self.helpdesk;
+        let organization = &self.caller.organization;
+        let fallback = match division {
+            Some(id) => projections::divisions::division(&helpdesk.db, organization, id)
+                .await?
+                .map_or(DEFAULT_HANDLING_MINUTES, |d| d.avg_handling_minutes),
+            None => DEFAULT_HANDLING_MINUTES,
+        };
+        let handling = helpdesk
+            .typical_handling_seconds(organization, division.unwrap_or_default(), fallback)
+            .await?;
+        let online =
+            projections::agents::online_serving(&helpdesk.db, organization, division).await?;
+        Ok(
+            domain::wait::estimated_wait_seconds(place, handling, online)
+                .map_or_else(|| "?".to_string(), |s| ((s + 59) / 60).to_string()),
+        )
     }
 
     async fn division_name(&self, division: Option<&str>) -> ApiResult<String> {

@@ -490,6 +490,27 @@ impl Helpdesk {
         Ok(())
     }
 
+    /// The typical handling time of a queue in seconds (`division_key` `""`: tickets without
+    /// a division): see [`domain::wait`].
+    pub async fn typical_handling_seconds(
+        &self,
+        organization: &str,
+        division_key: &str,
+        fallback_minutes: i64,
+    ) -> ApiResult<i64> {
+        let recent = projections::tickets::recent_handling_seconds(
+            &self.db,
+            organization,
+            division_key,
+            domain::wait::RECENT_RESOLUTIONS,
+        )
+        .await?;
+        Ok(domain::wait::typical_handling_seconds(
+            &recent,
+            fallback_minutes,
+        ))
+    }
+
     /// Refuses a division id that does not exist in `organization`.
     pub async fn ensure_division(&self, organization: &str, division: &str) -> ApiResult<()> {
         match projections::divisions::division(&self.db, organization, division).await? {

@@ -18,6 +18,7 @@
 //!   free text, and the message templates.
 //! - [`assignment`]: the policy choosing an agent (round robin, least loaded, random with a
 //!   recorded draw) and the decision record kept in the assignment event.
+//! - [`wait`]: the estimated wait of a queued customer (median handling time).
 //! - [`priority`]: ticket priorities, their queue order and keyword detection.
 //! - [`command`]: the shape of every command (organization, actor, action) and the one
 //!   error type of the layer, [`command::DomainError`].
@@ -42,6 +43,7 @@ pub mod metadata;
 pub mod priority;
 pub mod queue_settings;
 pub mod ticket;
+pub mod wait;
 
 pub use actor::{Actor, Role};
 pub use command::{Command, DomainError};

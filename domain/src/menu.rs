@@ -159,8 +159,8 @@ pub fn is_check_keyword(text: &str, keyword: &str) -> bool {
     !keyword.is_empty() && (text.trim() == keyword || normalise(text) == normalise(keyword))
 }
 
-/// Fills a template's placeholders: `{division}`, `{queue_number}`, `{wait_minutes}`,
-/// `{agent_name}`, `{customer_name}`, `{ticket_number}`. Placeholders without a value
+/// Fills a template's placeholders (`{division}`, `{queue_number}`, `{wait_minutes}`,
+/// `{agent_name}`: whichever the caller gives). Placeholders without a value
 /// are left as written, so a typo in a template shows instead of vanishing.
 pub fn fill(template: &str, values: &[(&str, String)]) -> String {
     let mut text = template.to_string();

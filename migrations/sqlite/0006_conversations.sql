@@ -98,3 +98,6 @@ CREATE TABLE outbox_jobs
 );
 CREATE INDEX outbox_jobs_due ON outbox_jobs (status, next_attempt_at, priority);
 CREATE INDEX outbox_jobs_by_org ON outbox_jobs (organization_id, status, queued_at);
+
+-- Typical handling time of a division (estimated waits): its latest resolutions.
+CREATE INDEX tickets_resolved_by_division ON tickets (organization_id, division_id, resolved_at);

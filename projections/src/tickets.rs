@@ -722,3 +722,37 @@ pub async fn comment(
     .fetch_optional(pool)
     .await?))
 }
+
+/// How long the latest `limit` resolved tickets of a queue (`division_key`, `""`: tickets
+/// without a division) took from their last assignment to their resolution, in seconds,
+/// the latest first.
+pub async fn recent_handling_seconds(
+    db: &Database,
+    organization: &str,
+    division_key: &str,
+    limit: i64,
+) -> Result<Vec<i64>, DbError> {
+    let division = if division_key == NO_DIVISION {
+        "division_id IS NULL AND $2 = ''"
+    } else {
+        "division_id = $2"
+    };
+    let sql = format!(
+        "SELECT assigned_at, resolved_at FROM tickets
+          WHERE organization_id = $1 AND {division}
+            AND resolved_at IS NOT NULL AND assigned_at IS NOT NULL
+          ORDER BY resolved_at DESC LIMIT $3"
+    );
+    let rows: Vec<(String, String)> = on_backend!(db, |pool| sqlx::query_as(&sql)
+        .bind(organization)
+        .bind(division_key)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?);
+    rows.iter()
+        .map(|(assigned, resolved)| {
+            let took = parse_timestamp(resolved)? - parse_timestamp(assigned)?;
+            Ok(took.num_seconds().max(0))
+        })
+        .collect()
+}

@@ -4,11 +4,12 @@ use async_graphql::{Context, InputObject, Object, ID};
 use projections::tickets::TicketFilter as TicketFilterRecord;
 
 use super::types::{
-    estimated_wait_seconds, parse_queue_cursor, parse_ticket_cursor, queue_cursor, ticket_cursor,
-    Agent, AgentWorkload, Division, MyQueue, Priority, QueueConnection, QueueEdge, QueueEntry,
-    QueueSettings, Ticket, TicketConnection, TicketEdge, TicketStatus,
+    parse_queue_cursor, parse_ticket_cursor, queue_cursor, ticket_cursor, Agent, AgentWorkload,
+    Division, MyQueue, Priority, QueueConnection, QueueEdge, QueueEntry, QueueSettings, Ticket,
+    TicketConnection, TicketEdge, TicketStatus,
 };
 use super::{caller, caller_in, helpdesk, page_size, parse_uuid};
+use crate::conversations::DEFAULT_HANDLING_MINUTES;
 use crate::error::{ApiError, ApiResult};
 use domain::Role;
 
@@ -26,9 +27,6 @@ pub struct TicketFilter {
     /// Words in subject or description, or a number (`42`, `#42`).
     pub search: Option<String>,
 }
-
-/// Typical handling time of tickets without a division (a division's default too).
-const DEFAULT_HANDLING_MINUTES: i64 = 10;
 
 /// The read side.
 #[derive(Default)]
@@ -138,6 +136,9 @@ impl Query {
                 DEFAULT_HANDLING_MINUTES,
             ),
         };
+        let handling_seconds = helpdesk
+            .typical_handling_seconds(&caller.organization, &division_key, handling_minutes)
+            .await?;
         let online = projections::agents::online_serving(
             &helpdesk.db,
             &caller.organization,
@@ -166,9 +167,9 @@ impl Query {
             edges.push(QueueEdge {
                 cursor: queue_cursor(&entry.into()),
                 node: QueueEntry {
-                    estimated_wait_seconds: estimated_wait_seconds(
+                    estimated_wait_seconds: domain::wait::estimated_wait_seconds(
                         page.first_position + offset as i64,
-                        handling_minutes,
+                        handling_seconds,
                         online,
                     ),
                     position: page.first_position + offset as i64,

@@ -299,16 +299,6 @@ pub struct QueueEntry {
     pub estimated_wait_seconds: Option<i64>,
 }
 
-/// The wait estimate of the ticket at `position`, given the division's typical handling
-/// time and how many eligible agents are online.
-pub fn estimated_wait_seconds(position: i64, handling_minutes: i64, online: i64) -> Option<i64> {
-    if online <= 0 {
-        return None;
-    }
-    let total = position.max(0) * handling_minutes.max(0) * 60;
-    Some((total + online - 1) / online)
-}
-
 /// Relay page information.
 #[derive(SimpleObject)]
 pub struct PageInfo {
@@ -427,14 +417,6 @@ fn decode(cursor: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wait_estimates_share_the_queue_among_online_agents() {
-        assert_eq!(estimated_wait_seconds(3, 10, 0), None);
-        assert_eq!(estimated_wait_seconds(3, 10, 1), Some(1_800));
-        assert_eq!(estimated_wait_seconds(3, 10, 2), Some(900));
-        assert_eq!(estimated_wait_seconds(1, 10, 7), Some(86));
-    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {
