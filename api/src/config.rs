@@ -24,6 +24,9 @@ pub struct Config {
     pub ready_max_behind: i64,
     /// `HELPDESK_FAILPOINT`: test hook, e.g. `projection-before-commit:tickets`.
     pub failpoint: Option<String>,
+    /// Whether this process delivers the outbox (while it holds the lease); tests that
+    /// drive the delivery worker themselves turn it off. `HELPDESK_OUTBOX_DELIVERY=on|off`.
+    pub outbox_delivery: bool,
 }
 
 /// A setting could not be understood.
@@ -76,6 +79,16 @@ impl Config {
             ),
             ready_max_behind: number("HELPDESK_READY_MAX_BEHIND", 1_000)?,
             failpoint: get("HELPDESK_FAILPOINT"),
+            outbox_delivery: match get("HELPDESK_OUTBOX_DELIVERY").as_deref().map(str::trim) {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => {
+                    return Err(ConfigError {
+                        name: "HELPDESK_OUTBOX_DELIVERY",
+                        why: format!("expected on or off, got {other:?}"),
+                    })
+                }
+            },
         })
     }
 

@@ -88,6 +88,7 @@ pub async fn announce_assignment(
                 message_id: derived_id(&["announce", ticket_id, assigned_at]),
                 text: key.seal(&text),
                 announces: Some((ticket_id.to_string(), assigned_micros)),
+                offers_menu: false,
             },
             origin,
             "announceAssignment",

@@ -166,6 +166,25 @@ impl Helpdesk {
             return Err(ApiError::NotFound("conversation not found".into()));
         }
         if before.has_message(&message_id) {
+            // A redelivery. If it is the customer's latest message, its flow may have been
+            // cut short (a crash between steps): run it again — every step it takes is
+            // keyed by this message, so what an earlier run did is found, not repeated.
+            if before.last_inbound() == Some(message_id.as_str()) {
+                let key =
+                    personal_data::key_for(&self.db, &organization, before.customer_id()).await?;
+                let origin = Origin::of(caller, request_id);
+                let flow = Flow {
+                    helpdesk: self,
+                    caller,
+                    origin: &origin,
+                    conversation_id: &conversation_id,
+                    message_id: &message_id,
+                    key: &key,
+                };
+                flow.run(&message.text).await?;
+                self.wait_for_projections(Conversation::TYPE, &conversation_id)
+                    .await?;
+            }
             return Ok(Received {
                 conversation_id,
                 recorded: false,
@@ -359,7 +378,7 @@ impl Flow<'_> {
             self.open_ticket_in(None, text).await?;
             return Ok(());
         }
-        let chosen = if self.menu_was_offered(&conversation) {
+        let chosen = if conversation.awaiting_division() {
             menu::choose_division(text, &divisions)
         } else if settings.detect_division {
             menu::detect_division(text, &divisions)
@@ -368,7 +387,7 @@ impl Flow<'_> {
         };
         let Some(division) = chosen else {
             let text = menu::render_menu(&settings.welcome_message, &divisions);
-            self.say("menu", &text, None).await?;
+            self.say(MENU, &text, None).await?;
             return Ok(());
         };
         helpdesk
@@ -421,12 +440,6 @@ impl Flow<'_> {
         Ok(ticket.filter(|t| {
             t.status != TicketStatus::Resolved.as_str() && t.status != TicketStatus::Closed.as_str()
         }))
-    }
-
-    /// Whether the division menu went out since the conversation's last ticket: the
-    /// current message is then an answer to it.
-    fn menu_was_offered(&self, conversation: &Conversation) -> bool {
-        conversation.has_message(&menu_id(self.conversation_id, conversation))
     }
 
     /// Opens the conversation's next ticket (in `division`, `None`: the queue of tickets
@@ -551,35 +564,22 @@ impl Flow<'_> {
     }
 
     /// Queues a message from the helpdesk to the customer, its id derived from the message
-    /// it answers (`purpose` tells the replies to one message apart).
+    /// it answers (`purpose` tells the replies to one message apart), so a flow run again
+    /// for the same message finds it instead of sending it twice.
     async fn say(
         &self,
         purpose: &str,
         text: &str,
         announces: Option<(String, i64)>,
     ) -> ApiResult<()> {
-        let conversation = self
-            .helpdesk
-            .load_conversation(self.conversation_id)
-            .await?;
-        let message_id = if purpose == "menu" {
-            menu_id(self.conversation_id, &conversation)
-        } else {
-            derived_id(&["reply", self.message_id, purpose])
-        };
-        // A menu already offered in this round is offered again under a fresh id.
-        let message_id = if conversation.has_message(&message_id) {
-            derived_id(&["reply", self.message_id, purpose])
-        } else {
-            message_id
-        };
         self.helpdesk
             .on_conversation(
                 self.conversation_id,
                 ConversationAction::SendSystemMessage {
-                    message_id,
+                    message_id: derived_id(&["reply", self.message_id, purpose]),
                     text: self.key.seal(text),
                     announces,
+                    offers_menu: purpose == MENU,
                 },
                 self.origin,
                 "sendSystemMessage",
@@ -588,14 +588,8 @@ impl Flow<'_> {
     }
 }
 
-/// The id of the first menu offered since the conversation's last ticket.
-fn menu_id(conversation_id: &str, conversation: &Conversation) -> String {
-    derived_id(&[
-        "menu",
-        conversation_id,
-        &conversation.tickets_opened().to_string(),
-    ])
-}
+/// The purpose of the division menu among a message's replies.
+const MENU: &str = "menu";
 
 /// The service actor the webhooks act as for a channel.
 pub fn channel_caller(organization: &str, channel_id: &str) -> Caller {

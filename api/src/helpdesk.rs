@@ -89,8 +89,9 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
     ]
 }
 
-/// Every role one replica at a time runs: each projector, the assignment process, the
-/// conversation process and the outbox delivery.
+/// Every role one replica at a time runs: each projector, the assignment process and the
+/// conversation process. The outbox delivery shares the lease of the "outbox" projection,
+/// so it runs beside the projector that queues its jobs.
 pub fn lease_roles() -> Vec<&'static str> {
     let mut roles: Vec<&'static str> = all_projections().iter().map(|p| p.name()).collect();
     roles.push(crate::assignment::ROLE);
@@ -234,8 +235,11 @@ impl Helpdesk {
         ));
         tasks.push(crate::conversation_process::spawn(
             helpdesk.clone(),
-            shutdown,
+            shutdown.clone(),
         ));
+        if config.outbox_delivery {
+            tasks.push(tokio::spawn(crate::outbox::run(helpdesk.clone(), shutdown)));
+        }
         Ok((helpdesk, tasks))
     }
 

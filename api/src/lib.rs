@@ -12,6 +12,7 @@
 //! - [`conversations`]: channel configuration and the inbound flow of a customer's message
 //!   (division menu, tickets from chats, the queue-place answers), replies and reading.
 //! - [`conversation_process`]: tells customers when an agent takes their ticket.
+//! - [`outbox`]: the durable delivery of outbound messages to WhatsApp and Telegram.
 //! - [`webhooks`]: the providers' webhooks (signatures checked, payloads parsed).
 //! - [`graphql`]: the schema (queries and mutations of `CONTRACT.md`).
 //! - [`server`]: the HTTP server: `/graphql`, `/healthz`, `/readyz`, `/metrics`, graceful
@@ -27,5 +28,6 @@ pub mod conversations;
 pub mod error;
 pub mod graphql;
 pub mod helpdesk;
+pub mod outbox;
 pub mod server;
 pub mod webhooks;

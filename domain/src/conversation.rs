@@ -169,6 +169,8 @@ pub enum ConversationAction {
         /// The assignment this message announces (the ticket id and when it was assigned,
         /// in microseconds since the epoch), so that each assignment is announced once.
         announces: Option<(String, i64)>,
+        /// Whether it is the division menu: the customer's next message answers it.
+        offers_menu: bool,
     },
     /// An agent's (or admin's) reply. The caller has checked that the agent holds the
     /// conversation's ticket.
@@ -210,6 +212,9 @@ pub enum ConversationEvent {
         /// For "an agent is ready" notices: the ticket and when it was assigned (µs).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         announces: Option<(String, i64)>,
+        /// The division menu: the customer's next message answers it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        offers_menu: bool,
     },
     /// The customer's messages so far were read (unread count back to zero).
     ConversationRead { reader_id: String },
@@ -247,6 +252,9 @@ pub struct Conversation {
     unread: u64,
     messages: HashSet<String>,
     announced: HashSet<(String, i64)>,
+    /// The ticket round (`tickets_opened`) in which the menu was last offered.
+    menu_round: Option<u32>,
+    last_inbound: Option<String>,
 }
 
 impl Conversation {
@@ -303,6 +311,17 @@ impl Conversation {
     /// Customer messages not read yet.
     pub fn unread(&self) -> u64 {
         self.unread
+    }
+
+    /// Whether the division menu went out since the last ticket: the customer's message
+    /// answers it.
+    pub fn awaiting_division(&self) -> bool {
+        self.menu_round == Some(self.tickets_opened)
+    }
+
+    /// The customer's latest message.
+    pub fn last_inbound(&self) -> Option<&str> {
+        self.last_inbound.as_deref()
     }
 
     fn require(&self, organization: &str) -> Result<(), DomainError> {
@@ -401,6 +420,7 @@ impl Aggregate for Conversation {
                 message_id,
                 text,
                 announces,
+                offers_menu,
             } => {
                 require_service(role, "send the helpdesk's own messages")?;
                 self.require(&command.organization)?;
@@ -418,6 +438,7 @@ impl Aggregate for Conversation {
                         author_id: None,
                         text,
                         announces,
+                        offers_menu,
                     },
                     self,
                 )
@@ -441,6 +462,7 @@ impl Aggregate for Conversation {
                         author_id: Some(command.actor.id),
                         text,
                         announces: None,
+                        offers_menu: false,
                     },
                     self,
                 )
@@ -482,7 +504,8 @@ impl Aggregate for Conversation {
                 self.customer_id = customer_id;
             }
             ConversationEvent::MessageReceived { message_id, .. } => {
-                self.messages.insert(message_id);
+                self.messages.insert(message_id.clone());
+                self.last_inbound = Some(message_id);
                 self.unread += 1;
             }
             ConversationEvent::DivisionChosen { division_id } => {
@@ -496,11 +519,15 @@ impl Aggregate for Conversation {
             ConversationEvent::OutboundMessageQueued {
                 message_id,
                 announces,
+                offers_menu,
                 ..
             } => {
                 self.messages.insert(message_id);
                 if let Some(key) = announces {
                     self.announced.insert(key);
+                }
+                if offers_menu {
+                    self.menu_round = Some(self.tickets_opened);
                 }
             }
             ConversationEvent::ConversationRead { .. } => self.unread = 0,
@@ -641,6 +668,7 @@ mod tests {
             author_id: None,
             text: Sealed("sealed".into()),
             announces: Some(("t1".into(), 2)),
+            offers_menu: false,
         });
         let again = |message_id: &str, version: i64| {
             command(
@@ -649,6 +677,7 @@ mod tests {
                     message_id: message_id.into(),
                     text: Sealed("sealed".into()),
                     announces: Some(("t1".into(), version)),
+                    offers_menu: false,
                 },
             )
         };
@@ -665,6 +694,7 @@ mod tests {
                 author_id: None,
                 text: Sealed("sealed".into()),
                 announces: Some(("t1".into(), 5)),
+                offers_menu: false,
             }]);
     }
 
@@ -690,6 +720,7 @@ mod tests {
                 author_id: Some("agent-7".into()),
                 text: Sealed("sealed-r1".into()),
                 announces: None,
+                offers_menu: false,
             }]);
         TestFramework::<Conversation>::with(())
             .given(started())
@@ -697,6 +728,33 @@ mod tests {
             .then_expect_error(DomainError::NotPermitted(
                 "only agents and admins reply to customers".into(),
             ));
+    }
+
+    #[test]
+    fn the_menu_awaits_an_answer_until_a_ticket_is_linked() {
+        let mut conversation = Conversation::default();
+        for event in started() {
+            conversation.apply(event);
+        }
+        assert!(!conversation.awaiting_division());
+        assert_eq!(conversation.last_inbound(), Some("m1"));
+        let menu = |id: &str| ConversationEvent::OutboundMessageQueued {
+            message_id: id.into(),
+            kind: OutboundKind::System,
+            author_id: None,
+            text: Sealed("sealed-menu".into()),
+            announces: None,
+            offers_menu: true,
+        };
+        conversation.apply(menu("menu-1"));
+        assert!(conversation.awaiting_division());
+        conversation.apply(ConversationEvent::TicketLinked {
+            ticket_id: "t1".into(),
+        });
+        assert!(!conversation.awaiting_division());
+        // After the ticket, a new round: the menu is offered again and awaited again.
+        conversation.apply(menu("menu-2"));
+        assert!(conversation.awaiting_division());
     }
 
     #[test]

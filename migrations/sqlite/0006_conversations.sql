@@ -96,6 +96,16 @@ CREATE TABLE outbox_jobs
     delivered_at    text,
     updated_at      text   NOT NULL
 );
+-- The outbox projection's own map of conversations to organization and channel, written
+-- from ConversationStarted: the outbox never reads another projection's tables, whose
+-- runner may be behind its own. Never emptied by a rebuild (see outbox_jobs).
+CREATE TABLE outbox_routes
+(
+    conversation_id text PRIMARY KEY,
+    organization_id text NOT NULL,
+    channel_id      text NOT NULL
+);
+
 CREATE INDEX outbox_jobs_due ON outbox_jobs (status, next_attempt_at, priority);
 CREATE INDEX outbox_jobs_by_org ON outbox_jobs (organization_id, status, queued_at);
 

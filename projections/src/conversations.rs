@@ -5,8 +5,10 @@
 //!   `conversation_messages` (both directions, texts still sealed).
 //! - The "channels" projection: `channels`, the public part of each configured channel.
 //! - The "outbox" projection: queues every outbound message in `outbox_jobs` for the
-//!   delivery worker. It owns no table a rebuild may empty: the jobs are the delivery
-//!   record, and a replay inserts nothing that is already there.
+//!   delivery worker, routed by its own `outbox_routes` (it never reads another
+//!   projection's tables, whose runner may be behind). It owns no table a rebuild may
+//!   empty: the jobs are the delivery record, and a replay inserts nothing that is already
+//!   there.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -106,6 +108,7 @@ impl Projection for ConversationsProjection {
                 author_id,
                 text,
                 announces,
+                ..
             } => {
                 insert_message(
                     tx,
@@ -290,11 +293,29 @@ impl Projection for OutboxProjection {
         if event.aggregate_type != "Conversation" {
             return Ok(());
         }
-        let ConversationEvent::OutboundMessageQueued {
-            message_id, kind, ..
-        } = event.decode::<ConversationEvent>()?
-        else {
-            return Ok(());
+        let (message_id, kind) = match event.decode::<ConversationEvent>()? {
+            ConversationEvent::ConversationStarted {
+                organization,
+                channel_id,
+                ..
+            } => {
+                on_backend!(tx, |t| {
+                    sqlx::query(
+                        "INSERT INTO outbox_routes (conversation_id, organization_id, channel_id)
+                         VALUES ($1, $2, $3) ON CONFLICT (conversation_id) DO NOTHING",
+                    )
+                    .bind(&event.aggregate_id)
+                    .bind(&organization)
+                    .bind(&channel_id)
+                    .execute(&mut **t)
+                    .await?;
+                });
+                return Ok(());
+            }
+            ConversationEvent::OutboundMessageQueued {
+                message_id, kind, ..
+            } => (message_id, kind),
+            _ => return Ok(()),
         };
         let queued_at = event.occurred_at();
         let too_old = Utc::now() - queued_at > chrono::Duration::hours(OUTBOX_MAX_AGE_HOURS);
@@ -304,13 +325,14 @@ impl Projection for OutboxProjection {
             ("PENDING", None)
         };
         let now = timestamp(Utc::now());
-        on_backend!(tx, |t| {
+        let queued = on_backend!(tx, |t| {
             sqlx::query(
                 "INSERT INTO outbox_jobs (message_id, organization_id, conversation_id, channel_id,
                     priority, queued_at, idempotency_key, status, attempts, next_attempt_at,
                     last_error, updated_at)
-                 SELECT $1, c.organization_id, c.id, c.channel_id, $2, $3, $1, $4, 0, $3, $5, $6
-                   FROM conversations c WHERE c.id = $7
+                 SELECT $1, r.organization_id, r.conversation_id, r.channel_id, $2, $3, $1, $4, 0,
+                        $3, $5, $6
+                   FROM outbox_routes r WHERE r.conversation_id = $7
                  ON CONFLICT (message_id) DO NOTHING",
             )
             .bind(&message_id)
@@ -321,8 +343,25 @@ impl Projection for OutboxProjection {
             .bind(&now)
             .bind(&event.aggregate_id)
             .execute(&mut **t)
-            .await?;
+            .await?
+            .rows_affected()
         });
+        if queued == 0 {
+            // Either queued before (a replay: nothing to do) or the conversation's start was
+            // never seen, which would lose the message: refuse to move on.
+            let known: i64 = on_backend!(tx, |t| sqlx::query_scalar(
+                "SELECT COUNT(*) FROM outbox_jobs WHERE message_id = $1"
+            )
+            .bind(&message_id)
+            .fetch_one(&mut **t)
+            .await?);
+            if known == 0 {
+                return Err(DbError::Corrupt(format!(
+                    "outbound message {message_id} of conversation {} has no route",
+                    event.aggregate_id
+                )));
+            }
+        }
         Ok(())
     }
 }

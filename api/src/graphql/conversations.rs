@@ -326,6 +326,95 @@ pub struct ConversationFilterInput {
     pub unread_only: Option<bool>,
 }
 
+/// A message waiting for, in, or after delivery (admins).
+#[derive(SimpleObject)]
+pub struct OutboxJob {
+    /// The outbound message's id (also the job's).
+    pub id: ID,
+    /// Its conversation.
+    pub conversation_id: ID,
+    /// The channel it goes out on.
+    pub channel_id: ID,
+    /// 0 system, 1 reply, 2 bulk: lower goes first.
+    pub priority: i64,
+    /// PENDING, SENDING, DELIVERED or DEAD.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i64,
+    /// Sent with every attempt, so the provider can recognise a repeat.
+    pub idempotency_key: String,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it was queued.
+    pub queued_at: DateTime<Utc>,
+    /// When a PENDING job is due.
+    pub next_attempt_at: DateTime<Utc>,
+    /// When the provider accepted it.
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The provider's id of the delivered message.
+    pub provider_message_id: Option<String>,
+}
+
+impl OutboxJob {
+    fn from_record(record: crate::outbox::OutboxJobRecord) -> ApiResult<Self> {
+        Ok(Self {
+            id: ID(record.message_id),
+            conversation_id: ID(record.conversation_id),
+            channel_id: ID(record.channel_id),
+            priority: record.priority,
+            status: record.status,
+            attempts: record.attempts,
+            idempotency_key: record.idempotency_key,
+            last_error: record.last_error,
+            queued_at: parse_timestamp(&record.queued_at)?,
+            next_attempt_at: parse_timestamp(&record.next_attempt_at)?,
+            delivered_at: record
+                .delivered_at
+                .as_deref()
+                .map(parse_timestamp)
+                .transpose()?,
+            provider_message_id: record.provider_message_id,
+        })
+    }
+}
+
+/// A page item of the outbox.
+#[derive(SimpleObject)]
+pub struct OutboxEdge {
+    /// Where the page continues.
+    pub cursor: String,
+    /// The job.
+    pub node: OutboxJob,
+}
+
+/// A Relay connection of outbox jobs, oldest first.
+#[derive(SimpleObject)]
+pub struct OutboxConnection {
+    /// The page.
+    pub edges: Vec<OutboxEdge>,
+    /// Whether more follow.
+    pub page_info: PageInfo,
+    /// How many jobs match.
+    pub total_count: i64,
+}
+
+fn outbox_cursor((queued_at, id): (String, String)) -> String {
+    URL_SAFE_NO_PAD.encode(format!("outbox:{queued_at}|{id}"))
+}
+
+fn parse_outbox_cursor(cursor: &str) -> ApiResult<(String, String)> {
+    URL_SAFE_NO_PAD
+        .decode(cursor.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| {
+            let (at, id) = t.strip_prefix("outbox:")?.split_once('|')?;
+            parse_timestamp(at).ok()?;
+            Some((at.to_string(), id.to_string()))
+        })
+        .ok_or_else(|| ApiError::bad_input("malformed cursor"))
+}
+
 /// Conversation queries.
 #[derive(Default)]
 pub struct ConversationQuery;
@@ -356,6 +445,18 @@ impl ConversationQuery {
         .await
         .map_err(ApiError::from)?;
         Ok(Some(Conversation::from_record(record, &keys)?))
+    }
+
+    /// Outbound messages by delivery status (PENDING, SENDING, DELIVERED, DEAD), oldest
+    /// first (admins).
+    async fn outbox(
+        &self,
+        ctx: &Context<'_>,
+        status: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> async_graphql::Result<OutboxConnection> {
+        Ok(Self::outbox_page(ctx, status, first, after).await?)
     }
 
     /// The organization's conversations, the most recently active first (agents, admins).
@@ -418,6 +519,46 @@ impl ConversationQuery {
                 end_cursor,
             },
             total_count: page.total_count,
+        })
+    }
+}
+
+impl ConversationQuery {
+    async fn outbox_page(
+        ctx: &Context<'_>,
+        status: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<OutboxConnection> {
+        let caller = caller_in(ctx, &[Role::Admin], "read the outbox")?;
+        let helpdesk = helpdesk(ctx)?;
+        let first = page_size(first)?;
+        let after = after.as_deref().map(parse_outbox_cursor).transpose()?;
+        let (rows, has_next_page, total_count) = crate::outbox::list(
+            &helpdesk.db,
+            &caller.organization,
+            status.as_deref(),
+            first,
+            after,
+        )
+        .await?;
+        let edges = rows
+            .into_iter()
+            .map(|record| {
+                Ok(OutboxEdge {
+                    cursor: outbox_cursor(record.cursor()),
+                    node: OutboxJob::from_record(record)?,
+                })
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        let end_cursor = edges.last().map(|e| e.cursor.clone());
+        Ok(OutboxConnection {
+            edges,
+            page_info: PageInfo {
+                has_next_page,
+                end_cursor,
+            },
+            total_count,
         })
     }
 }
@@ -542,6 +683,17 @@ impl ConversationMutation {
             &keys,
             &conversation.record.customer_id,
         )?)
+    }
+
+    /// Sends a dead letter again: back to PENDING with its attempts reset and the same
+    /// idempotency key (admins). Other statuses: INVALID_TRANSITION.
+    async fn retry_delivery(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<OutboxJob> {
+        let caller = caller_in(ctx, &[Role::Admin], "retry deliveries")?;
+        let id = parse_uuid(&id, "message")?;
+        let helpdesk = helpdesk(ctx)?;
+        let record = crate::outbox::retry(&helpdesk.db, &caller.organization, &id).await?;
+        helpdesk.log_signal().ring();
+        Ok(OutboxJob::from_record(record)?)
     }
 
     /// Marks the customer's messages read (unread count back to 0).
