@@ -400,3 +400,120 @@ async fn the_menu_shows_waits_and_a_clear_first_message_skips_it() {
         server.stop().await;
     }
 }
+
+#[tokio::test]
+async fn escalation_deadlines_survive_a_restart() {
+    for db in TestDb::all().await {
+        let server = Server::start(&db).await;
+        server
+            .data(
+                &admin(),
+                "mutation { updateQueueSettings(input: { escalationAfterSeconds: 2 }) { escalationAfterSeconds } }",
+                json!({}),
+            )
+            .await;
+        server.register_agents(&admin(), &["ann", "bob"]).await;
+        for name in ["ann", "bob"] {
+            server
+                .data(&agent(name), "mutation { goOnline { online } }", json!({}))
+                .await;
+        }
+        let first = receive(&server, "+62899", "halo", "r-1").await;
+        let ticket = first["ticket"]["id"].as_str().expect("ticket").to_string();
+        let holder = assignee(&server, &ticket).await.expect("assigned at once");
+        // The process dies before the deadline; the deadline lives in the log, not in it.
+        server.kill().await;
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let server = Server::start(&db).await;
+        let moved = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match assignee(&server, &ticket).await {
+                    Some(now) if now != holder => return now,
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not escalated after the restart ({})", db.url));
+        assert_ne!(moved, holder);
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn conversations_filter_by_mode_division_assignee_and_unread() {
+    for db in TestDb::all().await {
+        let server = Server::start(&db).await;
+        let admin = admin();
+        enable_queue_mode(&server).await;
+        let billing = server.create_division(&admin, "Billing").await;
+        server
+            .data(
+                &admin,
+                "mutation($d: ID!) { registerAgent(input: { id: \"dewi\", name: \"Dewi\", divisionIds: [$d] }) { id } }",
+                json!({ "d": billing }),
+            )
+            .await;
+        receive(&server, "+6201", "halo", "f-1").await;
+        let chose = receive(&server, "+6201", "billing", "f-2").await;
+        let chosen = chose["id"].as_str().expect("id").to_string();
+        let browsing = receive(&server, "+6202", "halo", "f-3").await;
+        let ticket = chose["ticket"]["id"].as_str().expect("ticket").to_string();
+        server.claim_ticket(&agent("dewi"), &ticket).await;
+        let list = |filter: Value| {
+            let server = &server;
+            let admin = admin.clone();
+            async move {
+                let page = server
+                    .data(
+                        &admin,
+                        "query($f: ConversationFilterInput) { conversations(filter: $f) {
+                            totalCount edges { node { id } } } }",
+                        json!({ "f": filter }),
+                    )
+                    .await;
+                let ids: Vec<String> = page["conversations"]["edges"]
+                    .as_array()
+                    .expect("edges")
+                    .iter()
+                    .map(|e| e["node"]["id"].as_str().unwrap_or_default().to_string())
+                    .collect();
+                assert_eq!(page["conversations"]["totalCount"], ids.len());
+                ids
+            }
+        };
+        assert_eq!(list(json!({ "mode": "AGENT" })).await, vec![chosen.clone()]);
+        assert_eq!(
+            list(json!({ "mode": "BOT" })).await,
+            vec![browsing["id"].as_str().expect("id").to_string()]
+        );
+        assert_eq!(
+            list(json!({ "divisionId": billing })).await,
+            vec![chosen.clone()]
+        );
+        assert_eq!(
+            list(json!({ "assigneeId": "dewi" })).await,
+            vec![chosen.clone()]
+        );
+        assert_eq!(list(json!({ "assigneeId": "nobody" })).await.len(), 0);
+        assert_eq!(list(json!({ "unreadOnly": true })).await.len(), 2);
+        server
+            .data(
+                &agent("dewi"),
+                "mutation($id: ID!) { markConversationRead(id: $id) { unreadCount } }",
+                json!({ "id": chosen }),
+            )
+            .await;
+        assert_eq!(list(json!({ "unreadOnly": true })).await.len(), 1);
+        // Another organization sees none of them.
+        let foreign = server
+            .data(
+                &Server::token("globex", "admin", "gina"),
+                "{ conversations { totalCount } }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(foreign["conversations"]["totalCount"], 0);
+        server.stop().await;
+    }
+}

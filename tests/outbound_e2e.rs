@@ -1,5 +1,5 @@
-//! The whole path of issue 4 against the real server and a fake WhatsApp Cloud API on
-//! 127.0.0.1, on both backends: signed webhooks in; the menu, the queue number, the "#"
+//! The whole path of issue 4 against the real server and a fake WhatsApp Cloud API and
+//! Telegram Bot API on 127.0.0.1, on both backends: signed webhooks in; the menu, the queue number, the "#"
 //! answer, the "agent ready" notice and the agent's reply out through the outbox; retries
 //! with one idempotency key, dead letters and `retryDelivery`; and a restart with a job
 //! pending.
@@ -45,6 +45,7 @@ impl Provider {
     async fn start(&self) -> String {
         let app = Router::new()
             .route("/{number}/messages", post(answer))
+            .route("/{bot}/sendMessage", post(answer_telegram))
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -117,6 +118,49 @@ async fn answer(
         StatusCode::from_u16(status).expect("status"),
         Json(json!({ "messaging_product": "whatsapp", "messages": [{ "id": id }] })),
     )
+}
+
+/// The fake Telegram Bot API's `sendMessage`.
+async fn answer_telegram(
+    State(provider): State<Provider>,
+    axum::extract::Path(bot): axum::extract::Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let mut sent = provider.sent.lock().expect("lock");
+    sent.push(Sent {
+        path: format!("/{bot}/sendMessage"),
+        authorization: String::new(),
+        idempotency_key: headers
+            .get("x-idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        to: body["chat_id"].to_string(),
+        text: body["text"].as_str().unwrap_or_default().to_string(),
+    });
+    let id = sent.len();
+    (
+        StatusCode::OK,
+        Json(json!({ "ok": true, "result": { "message_id": id } })),
+    )
+}
+
+/// A Telegram update with one text message from chat 777001, with the secret token.
+async fn telegram_update(server: &Server, channel: &str, message_id: i64, text: &str) {
+    let body = json!({ "update_id": 9000 + message_id, "message": { "message_id": message_id,
+        "from": { "id": 777001, "is_bot": false, "first_name": "Sari" },
+        "chat": { "id": 777001, "first_name": "Sari", "type": "private" },
+        "date": 1700000000, "text": text } });
+    let status = reqwest::Client::new()
+        .post(format!("{}/webhooks/telegram/{channel}", server.base_url))
+        .header("X-Telegram-Bot-Api-Secret-Token", "tg-secret")
+        .json(&body)
+        .send()
+        .await
+        .expect("telegram webhook")
+        .status();
+    assert_eq!(status.as_u16(), 200);
 }
 
 /// A WhatsApp Cloud API notification with one text message, signed.
@@ -341,6 +385,66 @@ async fn from_webhook_to_the_customers_phone_with_retries_dead_letters_and_a_res
         assert!(copies
             .iter()
             .all(|s| s.idempotency_key == copies[0].idempotency_key));
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn telegram_menu_to_reply_through_the_bot_api() {
+    for db in TestDb::all().await {
+        let provider = Provider::default();
+        let provider_url = provider.start().await;
+        let server = Server::start(&db).await;
+        set_up(&server, &provider_url).await;
+        let channel = server
+            .data(
+                &admin(),
+                "mutation($input: ConfigureChannelInput!) { configureChannel(input: $input) { id } }",
+                json!({ "input": { "channel": "TELEGRAM", "apiBaseUrl": provider_url,
+                    "settings": { "botToken": "123:abc", "secretToken": "tg-secret" } } }),
+            )
+            .await["configureChannel"]["id"]
+            .as_str()
+            .expect("channel")
+            .to_string();
+        telegram_update(&server, &channel, 1, "halo").await;
+        let menu = provider
+            .wait_for(
+                "Selamat datang di toko kami, silahkan pilih agen yang anda tuju\n1. Billing",
+                1,
+            )
+            .await;
+        assert_eq!(menu[0].path, "/bot123:abc/sendMessage");
+        assert_eq!(menu[0].to, "777001");
+        telegram_update(&server, &channel, 2, "Billing").await;
+        provider
+            .wait_for(
+                "Anda akan di layani oleh tim Billing, Tunggu dalam antrian ke 1. Tekan # untuk cek antrian",
+                1,
+            )
+            .await;
+        telegram_update(&server, &channel, 3, "#").await;
+        provider
+            .wait_for("Anda masih dalam antrian ke 1. mohon menunggu", 1)
+            .await;
+        let conversation = conversation_id(&server).await;
+        let ticket = server
+            .data(
+                &admin(),
+                "query($id: ID!) { conversation(id: $id) { channel ticket { id } } }",
+                json!({ "id": conversation }),
+            )
+            .await["conversation"]
+            .clone();
+        assert_eq!(ticket["channel"], "TELEGRAM");
+        let ticket = ticket["ticket"]["id"].as_str().expect("ticket").to_string();
+        server.claim_ticket(&agent("dewi"), &ticket).await;
+        provider
+            .wait_for("Agen Dewi siap membantu Anda sekarang.", 1)
+            .await;
+        let sent = reply(&server, &conversation, "Halo Sari!").await;
+        provider.wait_for("Halo Sari!", 1).await;
+        wait_for_job(&server, "DELIVERED", &sent).await;
         server.stop().await;
     }
 }
