@@ -356,21 +356,7 @@ async fn try_assign_waiting(
     'tickets: for (ticket_id, _) in heads {
         let mut busy_retries = 0u32;
         loop {
-            let candidates: Vec<Candidate> = agents
-                .iter()
-                .filter(|a| !refused.contains(&a.agent.id))
-                .map(|a| Candidate {
-                    agent_id: a.agent.id.clone(),
-                    online: a.agent.online,
-                    serves_division: true,
-                    active: a.active_tickets,
-                    max_tickets: a.agent.max_tickets,
-                    last_assigned_at: a
-                        .last_assigned_at
-                        .as_deref()
-                        .and_then(|t| projections::db::parse_timestamp(t).ok()),
-                })
-                .collect();
+            let candidates = candidates(&agents, |id| refused.contains(id));
             let Some(decision) = choose(algorithm, &candidates, rand::random()) else {
                 break 'tickets;
             };
@@ -425,6 +411,29 @@ async fn try_assign_waiting(
     Ok(assigned)
 }
 
+/// The agents of a division's workload as the assignment policy sees them, but those
+/// `passed_over` says to skip.
+fn candidates(
+    agents: &[projections::agents::AgentWorkload],
+    passed_over: impl Fn(&str) -> bool,
+) -> Vec<Candidate> {
+    agents
+        .iter()
+        .filter(|a| !passed_over(&a.agent.id))
+        .map(|a| Candidate {
+            agent_id: a.agent.id.clone(),
+            online: a.agent.online,
+            serves_division: true,
+            active: a.active_tickets,
+            max_tickets: a.agent.max_tickets,
+            last_assigned_at: a
+                .last_assigned_at
+                .as_deref()
+                .and_then(|t| projections::db::parse_timestamp(t).ok()),
+        })
+        .collect()
+}
+
 /// Takes `ticket_id` from `from_agent`, who did not answer its customer within
 /// `after_seconds`, and gives it to the agent the division's policy chooses among the
 /// others (online, serving the division, with a free slot). Returns the new agent, or
@@ -450,21 +459,7 @@ pub(crate) async fn escalate(
     };
     let agents =
         projections::agents::workload(db, &origin.organization, division_id.as_deref()).await?;
-    let candidates: Vec<Candidate> = agents
-        .iter()
-        .filter(|a| a.agent.id != from_agent)
-        .map(|a| Candidate {
-            agent_id: a.agent.id.clone(),
-            online: a.agent.online,
-            serves_division: true,
-            active: a.active_tickets,
-            max_tickets: a.agent.max_tickets,
-            last_assigned_at: a
-                .last_assigned_at
-                .as_deref()
-                .and_then(|t| projections::db::parse_timestamp(t).ok()),
-        })
-        .collect();
+    let candidates = candidates(&agents, |id| id == from_agent);
     let Some(mut decision) = choose(algorithm, &candidates, rand::random()) else {
         return Ok(None);
     };

@@ -165,54 +165,42 @@ impl Helpdesk {
         if before.started() && before.organization() != Some(organization.as_str()) {
             return Err(ApiError::NotFound("conversation not found".into()));
         }
-        if before.has_message(&message_id) {
-            // A redelivery. If it is the customer's latest message, its flow may have been
-            // cut short (a crash between steps): run it again — every step it takes is
-            // keyed by this message, so what an earlier run did is found, not repeated.
-            if before.last_inbound() == Some(message_id.as_str()) {
-                let key =
-                    personal_data::key_for(&self.db, &organization, before.customer_id()).await?;
-                let origin = Origin::of(caller, request_id);
-                let flow = Flow {
-                    helpdesk: self,
-                    caller,
-                    origin: &origin,
-                    conversation_id: &conversation_id,
-                    message_id: &message_id,
-                    key: &key,
-                };
-                flow.run(&message.text).await?;
-                self.wait_for_projections(Conversation::TYPE, &conversation_id)
-                    .await?;
-            }
+        let recorded = !before.has_message(&message_id);
+        // A redelivery of the customer's latest message may find its flow cut short (a
+        // crash between steps): the flow runs again — every step it takes is keyed by this
+        // message, so what an earlier run did is found, not repeated. Older redeliveries
+        // change nothing.
+        if !recorded && before.last_inbound() != Some(message_id.as_str()) {
             return Ok(Received {
                 conversation_id,
-                recorded: false,
+                recorded,
             });
         }
         let key = personal_data::key_for(&self.db, &organization, &customer_id).await?;
         let origin = Origin::of(caller, request_id);
-        let inbound = Inbound {
-            channel: message.channel,
-            channel_id,
-            customer_id,
-            external_id: key.seal(&external_id),
-            customer_name: message
-                .customer_name
-                .as_deref()
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(|n| key.seal(n)),
-            message_id: message_id.clone(),
-            text: key.seal(&message.text),
-        };
-        self.on_conversation(
-            &conversation_id,
-            ConversationAction::Receive(inbound),
-            &origin,
-            "receiveMessage",
-        )
-        .await?;
+        if recorded {
+            let inbound = Inbound {
+                channel: message.channel,
+                channel_id,
+                customer_id,
+                external_id: key.seal(&external_id),
+                customer_name: message
+                    .customer_name
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(|n| key.seal(n)),
+                message_id: message_id.clone(),
+                text: key.seal(&message.text),
+            };
+            self.on_conversation(
+                &conversation_id,
+                ConversationAction::Receive(inbound),
+                &origin,
+                "receiveMessage",
+            )
+            .await?;
+        }
         let flow = Flow {
             helpdesk: self,
             caller,
@@ -226,7 +214,7 @@ impl Helpdesk {
             .await?;
         Ok(Received {
             conversation_id,
-            recorded: true,
+            recorded,
         })
     }
 

@@ -15,7 +15,7 @@ use projections::conversations::{ConversationFilter, ConversationRecord, Message
 use projections::db::parse_timestamp;
 use projections::personal_data::{self, CustomerKey};
 
-use super::types::{Agent, PageInfo, Ticket};
+use super::types::{connection, Agent, PageInfo, Ticket};
 use super::{caller, caller_in, helpdesk, page_size, parse_uuid, request_id};
 use crate::conversations::{open_sealed, InboundMessage};
 use crate::error::{ApiError, ApiResult};
@@ -226,59 +226,9 @@ impl Message {
     }
 }
 
-/// A page item of messages.
-#[derive(SimpleObject)]
-pub struct MessageEdge {
-    /// Where the page continues.
-    pub cursor: String,
-    /// The message.
-    pub node: Message,
-}
-
-/// A Relay connection of messages.
-#[derive(SimpleObject)]
-pub struct MessageConnection {
-    /// The page.
-    pub edges: Vec<MessageEdge>,
-    /// Whether more follow.
-    pub page_info: PageInfo,
-    /// How many messages the conversation has.
-    pub total_count: i64,
-}
-
-impl MessageConnection {
-    fn new(edges: Vec<MessageEdge>, has_next_page: bool, total_count: i64) -> Self {
-        let end_cursor = edges.last().map(|e| e.cursor.clone());
-        Self {
-            edges,
-            page_info: PageInfo {
-                has_next_page,
-                end_cursor,
-            },
-            total_count,
-        }
-    }
-}
-
-/// A page item of conversations.
-#[derive(SimpleObject)]
-pub struct ConversationEdge {
-    /// Where the page continues.
-    pub cursor: String,
-    /// The conversation.
-    pub node: Conversation,
-}
-
-/// A Relay connection of conversations.
-#[derive(SimpleObject)]
-pub struct ConversationConnection {
-    /// The page.
-    pub edges: Vec<ConversationEdge>,
-    /// Whether more follow.
-    pub page_info: PageInfo,
-    /// How many conversations match.
-    pub total_count: i64,
-}
+connection!(MessageConnection, MessageEdge, Message);
+connection!(ConversationConnection, ConversationEdge, Conversation);
+connection!(OutboxConnection, OutboxEdge, OutboxJob);
 
 fn message_cursor(position: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("message:{position}"))
@@ -376,26 +326,6 @@ impl OutboxJob {
             provider_message_id: record.provider_message_id,
         })
     }
-}
-
-/// A page item of the outbox.
-#[derive(SimpleObject)]
-pub struct OutboxEdge {
-    /// Where the page continues.
-    pub cursor: String,
-    /// The job.
-    pub node: OutboxJob,
-}
-
-/// A Relay connection of outbox jobs, oldest first.
-#[derive(SimpleObject)]
-pub struct OutboxConnection {
-    /// The page.
-    pub edges: Vec<OutboxEdge>,
-    /// Whether more follow.
-    pub page_info: PageInfo,
-    /// How many jobs match.
-    pub total_count: i64,
 }
 
 fn outbox_cursor((queued_at, id): (String, String)) -> String {
@@ -511,15 +441,11 @@ impl ConversationQuery {
                 })
             })
             .collect::<ApiResult<Vec<_>>>()?;
-        let end_cursor = edges.last().map(|e| e.cursor.clone());
-        Ok(ConversationConnection {
+        Ok(ConversationConnection::new(
             edges,
-            page_info: PageInfo {
-                has_next_page: page.has_next_page,
-                end_cursor,
-            },
-            total_count: page.total_count,
-        })
+            page.has_next_page,
+            page.total_count,
+        ))
     }
 }
 
@@ -551,15 +477,7 @@ impl ConversationQuery {
                 })
             })
             .collect::<ApiResult<Vec<_>>>()?;
-        let end_cursor = edges.last().map(|e| e.cursor.clone());
-        Ok(OutboxConnection {
-            edges,
-            page_info: PageInfo {
-                has_next_page,
-                end_cursor,
-            },
-            total_count,
-        })
+        Ok(OutboxConnection::new(edges, has_next_page, total_count))
     }
 }
 

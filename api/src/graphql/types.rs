@@ -348,6 +348,8 @@ macro_rules! connection {
     };
 }
 
+pub(crate) use connection;
+
 connection!(TicketConnection, TicketEdge, Ticket);
 connection!(QueueConnection, QueueEdge, QueueEntry);
 
