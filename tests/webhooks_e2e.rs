@@ -149,6 +149,26 @@ async fn whatsapp_and_telegram_webhooks_store_verified_messages_once() {
         assert_eq!(post(&server, &path, &right, update).await, 200);
         assert_eq!(count(&direct, messages).await, 2, "{}", db.url);
 
+        // A number belongs to one organization.
+        let taken = server
+            .graphql(
+                Some(&Server::token("globex", "admin", "gina")),
+                "mutation($input: ConfigureChannelInput!) { configureChannel(input: $input) { id } }",
+                json!({ "input": { "channel": "WHATSAPP", "settings": { "phoneNumberId": NUMBER_ID,
+                    "accessToken": "t", "appSecret": "s", "verifyToken": "v" } } }),
+            )
+            .await;
+        assert_eq!(common::error_code(&taken), Some("CONFLICT"));
+        // Missing secrets are refused by name.
+        let incomplete = server
+            .graphql(
+                Some(&admin()),
+                "mutation($input: ConfigureChannelInput!) { configureChannel(input: $input) { id } }",
+                json!({ "input": { "channel": "TELEGRAM", "settings": { "botToken": "x" } } }),
+            )
+            .await;
+        assert_eq!(common::error_code(&incomplete), Some("BAD_USER_INPUT"));
+
         // Secrets never enter the log, and no query returns them.
         for secret in [APP_SECRET, "wa-token", "tg-secret", "123:abc", "verify-me"] {
             let sql = format!(

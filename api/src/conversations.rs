@@ -95,6 +95,18 @@ impl Helpdesk {
             return Err(ApiError::Forbidden("only admins configure channels".into()));
         }
         let id = channel_id(&caller.organization, profile.channel);
+        // Webhooks are routed by the number: one number belongs to one organization.
+        if let Some(number) = profile.phone_number_id.as_deref().map(str::trim) {
+            if let Some((owner, _)) =
+                projections::conversations::whatsapp_channel(&self.db, number).await?
+            {
+                if owner != id {
+                    return Err(ApiError::Conflict(
+                        "this WhatsApp phoneNumberId is configured by another organization".into(),
+                    ));
+                }
+            }
+        }
         let secrets = serde_json::Value::Object(secrets).to_string();
         if secrets.len() > 10_000 {
             return Err(ApiError::bad_input("settings are larger than 10,000 bytes"));
