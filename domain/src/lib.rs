@@ -18,6 +18,8 @@
 //!   free text, and the message templates.
 //! - [`assignment`]: the policy choosing an agent (round robin, least loaded, random with a
 //!   recorded draw) and the decision record kept in the assignment event.
+//! - [`schedule`]: the chatbot's active hours in its own timezone (DST-correct, overnight
+//!   windows).
 //! - [`wait`]: the estimated wait of a queued customer (median handling time).
 //! - [`priority`]: ticket priorities, their queue order and keyword detection.
 //! - [`command`]: the shape of every command (organization, actor, action) and the one
@@ -42,6 +44,7 @@ pub mod menu;
 pub mod metadata;
 pub mod priority;
 pub mod queue_settings;
+pub mod schedule;
 pub mod ticket;
 pub mod wait;
 
