@@ -18,6 +18,8 @@
 //!   free text, and the message templates.
 //! - [`assignment`]: the policy choosing an agent (round robin, least loaded, random with a
 //!   recorded draw) and the decision record kept in the assignment event.
+//! - [`bot`]: the Bot aggregate (answers, threshold, channels, active hours) and the
+//!   deterministic scoring of a message against its answers.
 //! - [`schedule`]: the chatbot's active hours in its own timezone (DST-correct, overnight
 //!   windows).
 //! - [`wait`]: the estimated wait of a queued customer (median handling time).
@@ -35,6 +37,7 @@
 pub mod actor;
 pub mod agent;
 pub mod assignment;
+pub mod bot;
 pub mod channel;
 pub mod command;
 pub mod conversation;
