@@ -182,6 +182,56 @@ pub enum ConversationAction {
     },
     /// Everything the customer wrote so far has been read.
     MarkRead,
+    /// The bot answered the customer's message (service role): the interaction is recorded
+    /// and the answer queued for delivery.
+    BotAnswer {
+        /// The interaction (derived from the answered message).
+        interaction_id: String,
+        /// The bot.
+        bot_id: String,
+        /// The answer chosen.
+        answer_id: String,
+        /// How sure the bot was, in [0, 1].
+        confidence: f64,
+        /// From the message's arrival to the answer, in milliseconds.
+        response_ms: i64,
+        /// The customer's question.
+        question: Sealed,
+        /// The outbound message's id.
+        message_id: String,
+        /// The answer's text.
+        text: Sealed,
+    },
+    /// The bot passed the customer's message to the humans (service role).
+    BotHandOff {
+        /// The interaction (derived from the message).
+        interaction_id: String,
+        /// The bot.
+        bot_id: String,
+        /// Why.
+        reason: HandOffReason,
+        /// The best answer's confidence (none outside hours: nothing was scored).
+        confidence: Option<f64>,
+        /// The customer's question.
+        question: Sealed,
+    },
+    /// A rating of one of the bot's answers, 1..5 (a later rating replaces it).
+    RateBotInteraction {
+        /// The interaction.
+        interaction_id: String,
+        /// 1..5.
+        rating: i32,
+    },
+}
+
+/// Why the bot did not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum HandOffReason {
+    /// No answer reached the bot's confidence threshold: an unmatched question.
+    LowConfidence,
+    /// The message came outside the bot's active hours.
+    OutsideHours,
 }
 
 /// What happened to a conversation. Who and when are in the metadata.
@@ -218,6 +268,25 @@ pub enum ConversationEvent {
     },
     /// The customer's messages so far were read (unread count back to zero).
     ConversationRead { reader_id: String },
+    /// The bot answered a question (the answer follows as an OutboundMessageQueued).
+    BotAnswered {
+        interaction_id: String,
+        bot_id: String,
+        answer_id: String,
+        confidence: f64,
+        response_ms: i64,
+        question: Sealed,
+    },
+    /// The bot passed a question to the humans.
+    BotHandedOff {
+        interaction_id: String,
+        bot_id: String,
+        reason: HandOffReason,
+        confidence: Option<f64>,
+        question: Sealed,
+    },
+    /// A bot answer was rated.
+    BotInteractionRated { interaction_id: String, rating: i32 },
 }
 
 impl DomainEvent for ConversationEvent {
@@ -229,6 +298,9 @@ impl DomainEvent for ConversationEvent {
             ConversationEvent::TicketLinked { .. } => "TicketLinked",
             ConversationEvent::OutboundMessageQueued { .. } => "OutboundMessageQueued",
             ConversationEvent::ConversationRead { .. } => "ConversationRead",
+            ConversationEvent::BotAnswered { .. } => "BotAnswered",
+            ConversationEvent::BotHandedOff { .. } => "BotHandedOff",
+            ConversationEvent::BotInteractionRated { .. } => "BotInteractionRated",
         }
         .into()
     }
@@ -255,6 +327,11 @@ pub struct Conversation {
     /// The ticket round (`tickets_opened`) in which the menu was last offered.
     menu_round: Option<u32>,
     last_inbound: Option<String>,
+    /// The interactions the bot answered (the ones that can be rated).
+    answered: HashSet<String>,
+    /// Interactions recorded either way.
+    interactions: HashSet<String>,
+    needs_human: bool,
 }
 
 impl Conversation {
@@ -324,6 +401,17 @@ impl Conversation {
         self.last_inbound.as_deref()
     }
 
+    /// Whether the bot has handed the conversation to the humans (and no ticket took it
+    /// yet).
+    pub fn handed_off(&self) -> bool {
+        self.needs_human
+    }
+
+    /// Whether this bot interaction is recorded (answered or handed off).
+    pub fn has_interaction(&self, interaction_id: &str) -> bool {
+        self.interactions.contains(interaction_id)
+    }
+
     fn require(&self, organization: &str) -> Result<(), DomainError> {
         match &self.organization {
             Some(owner) if owner == organization => Ok(()),
@@ -339,6 +427,16 @@ fn require_service(role: Role, what: &str) -> Result<(), DomainError> {
         Err(DomainError::NotPermitted(format!(
             "only channel integrations {what}"
         )))
+    }
+}
+
+fn check_confidence(confidence: f64) -> Result<(), DomainError> {
+    if (0.0..=1.0).contains(&confidence) {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidInput(
+            "a confidence is between 0 and 1".into(),
+        ))
     }
 }
 
@@ -468,6 +566,102 @@ impl Aggregate for Conversation {
                 )
                 .await;
             }
+            ConversationAction::BotAnswer {
+                interaction_id,
+                bot_id,
+                answer_id,
+                confidence,
+                response_ms,
+                question,
+                message_id,
+                text,
+            } => {
+                require_service(role, "record bot answers")?;
+                self.require(&command.organization)?;
+                require_id(&interaction_id, "the interaction id")?;
+                require_id(&message_id, "the message id")?;
+                if self.interactions.contains(&interaction_id) {
+                    return Ok(());
+                }
+                check_confidence(confidence)?;
+                sink.write(
+                    ConversationEvent::BotAnswered {
+                        interaction_id,
+                        bot_id: bot_id.clone(),
+                        answer_id,
+                        confidence,
+                        response_ms: response_ms.max(0),
+                        question,
+                    },
+                    self,
+                )
+                .await;
+                sink.write(
+                    ConversationEvent::OutboundMessageQueued {
+                        message_id,
+                        kind: OutboundKind::System,
+                        author_id: Some(format!("bot:{bot_id}")),
+                        text,
+                        announces: None,
+                        offers_menu: false,
+                    },
+                    self,
+                )
+                .await;
+            }
+            ConversationAction::BotHandOff {
+                interaction_id,
+                bot_id,
+                reason,
+                confidence,
+                question,
+            } => {
+                require_service(role, "record bot hand-offs")?;
+                self.require(&command.organization)?;
+                require_id(&interaction_id, "the interaction id")?;
+                if self.interactions.contains(&interaction_id) {
+                    return Ok(());
+                }
+                if let Some(confidence) = confidence {
+                    check_confidence(confidence)?;
+                }
+                sink.write(
+                    ConversationEvent::BotHandedOff {
+                        interaction_id,
+                        bot_id,
+                        reason,
+                        confidence,
+                        question,
+                    },
+                    self,
+                )
+                .await;
+            }
+            ConversationAction::RateBotInteraction {
+                interaction_id,
+                rating,
+            } => {
+                if role == Role::Analyst {
+                    return Err(DomainError::NotPermitted("analysts never write".into()));
+                }
+                self.require(&command.organization)?;
+                if !(1..=5).contains(&rating) {
+                    return Err(DomainError::InvalidInput(
+                        "rating must be between 1 and 5".into(),
+                    ));
+                }
+                if !self.answered.contains(&interaction_id) {
+                    return Err(DomainError::NotFound);
+                }
+                sink.write(
+                    ConversationEvent::BotInteractionRated {
+                        interaction_id,
+                        rating,
+                    },
+                    self,
+                )
+                .await;
+            }
             ConversationAction::MarkRead => {
                 if !matches!(role, Role::Agent | Role::Admin) {
                     return Err(DomainError::NotPermitted(
@@ -512,6 +706,7 @@ impl Aggregate for Conversation {
                 self.division_id = Some(division_id);
             }
             ConversationEvent::TicketLinked { ticket_id } => {
+                self.needs_human = false;
                 self.ticket_id = Some(ticket_id);
                 self.tickets_opened += 1;
                 self.mode = ConversationMode::Agent;
@@ -531,6 +726,15 @@ impl Aggregate for Conversation {
                 }
             }
             ConversationEvent::ConversationRead { .. } => self.unread = 0,
+            ConversationEvent::BotAnswered { interaction_id, .. } => {
+                self.answered.insert(interaction_id.clone());
+                self.interactions.insert(interaction_id);
+            }
+            ConversationEvent::BotHandedOff { interaction_id, .. } => {
+                self.interactions.insert(interaction_id);
+                self.needs_human = true;
+            }
+            ConversationEvent::BotInteractionRated { .. } => {}
         }
     }
 }
@@ -728,6 +932,86 @@ mod tests {
             .then_expect_error(DomainError::NotPermitted(
                 "only agents and admins reply to customers".into(),
             ));
+    }
+
+    fn bot_answer() -> ConversationAction {
+        ConversationAction::BotAnswer {
+            interaction_id: "i1".into(),
+            bot_id: "b1".into(),
+            answer_id: "hours".into(),
+            confidence: 0.9,
+            response_ms: 12,
+            question: Sealed("sealed-q".into()),
+            message_id: "bot-reply-1".into(),
+            text: Sealed("sealed-a".into()),
+        }
+    }
+
+    fn answered() -> Vec<ConversationEvent> {
+        vec![
+            ConversationEvent::BotAnswered {
+                interaction_id: "i1".into(),
+                bot_id: "b1".into(),
+                answer_id: "hours".into(),
+                confidence: 0.9,
+                response_ms: 12,
+                question: Sealed("sealed-q".into()),
+            },
+            ConversationEvent::OutboundMessageQueued {
+                message_id: "bot-reply-1".into(),
+                kind: OutboundKind::System,
+                author_id: Some("bot:b1".into()),
+                text: Sealed("sealed-a".into()),
+                announces: None,
+                offers_menu: false,
+            },
+        ]
+    }
+
+    #[test]
+    fn a_bot_answer_is_recorded_once_and_queued() {
+        TestFramework::<Conversation>::with(())
+            .given(started())
+            .when(command(Role::Service, bot_answer()))
+            .then_expect_events(answered());
+        let mut given = started();
+        given.extend(answered());
+        TestFramework::<Conversation>::with(())
+            .given(given)
+            .when(command(Role::Service, bot_answer()))
+            .then_expect_events(vec![]);
+    }
+
+    #[test]
+    fn only_answered_interactions_are_rated_from_one_to_five() {
+        let rate = |interaction: &str, rating| {
+            command(
+                Role::Service,
+                ConversationAction::RateBotInteraction {
+                    interaction_id: interaction.into(),
+                    rating,
+                },
+            )
+        };
+        let mut given = started();
+        given.extend(answered());
+        TestFramework::<Conversation>::with(())
+            .given(given.clone())
+            .when(rate("i1", 5))
+            .then_expect_events(vec![ConversationEvent::BotInteractionRated {
+                interaction_id: "i1".into(),
+                rating: 5,
+            }]);
+        TestFramework::<Conversation>::with(())
+            .given(given.clone())
+            .when(rate("i1", 6))
+            .then_expect_error(DomainError::InvalidInput(
+                "rating must be between 1 and 5".into(),
+            ));
+        TestFramework::<Conversation>::with(())
+            .given(given)
+            .when(rate("i9", 4))
+            .then_expect_error(DomainError::NotFound);
     }
 
     #[test]

@@ -156,6 +156,14 @@ impl Projection for ConversationsProjection {
             ConversationEvent::ConversationRead { .. } => {
                 update(tx, id, version, "unread_count = 0", &[]).await?;
             }
+            ConversationEvent::BotHandedOff { .. } => {
+                update(tx, id, version, "needs_human = (1 = 1)", &[]).await?;
+            }
+            ConversationEvent::BotAnswered { .. }
+            | ConversationEvent::BotInteractionRated { .. } => {
+                // Recorded for the chatbot analytics; the conversation only moves its version.
+                update(tx, id, version, "", &[]).await?;
+            }
         }
         Ok(())
     }
@@ -191,8 +199,8 @@ async fn insert_message(
     Ok(())
 }
 
-/// `UPDATE conversations SET <set>, version WHERE id`: `$1` the id, `$2` the version, the
-/// texts `$3...`.
+/// `UPDATE conversations SET <set>, version WHERE id` (`set` may be empty): `$1` the id,
+/// `$2` the version, the texts `$3...`.
 async fn update(
     tx: &mut Tx,
     id: &str,
@@ -200,7 +208,11 @@ async fn update(
     set: &str,
     texts: &[&String],
 ) -> Result<(), DbError> {
-    let sql = format!("UPDATE conversations SET {set}, version = $2 WHERE id = $1");
+    let sql = if set.is_empty() {
+        "UPDATE conversations SET version = $2 WHERE id = $1".to_string()
+    } else {
+        format!("UPDATE conversations SET {set}, version = $2 WHERE id = $1")
+    };
     let updated = on_backend!(tx, |t| {
         let mut query = sqlx::query(&sql).bind(id).bind(version);
         for text in texts {
