@@ -8,6 +8,9 @@
 //!    (a redelivered webhook) stops the flow: nothing is recorded twice.
 //! 2. With an open ticket, the message is for the humans; in queue mode the check keyword
 //!    ("#") answers with the customer's place in the queue.
+//! 2a. Without one (and unless the customer is answering the division menu), the
+//!    conversation's bot takes its turn ([`crate::bots`]): an answer ends the flow; a
+//!    hand-off (low confidence, outside hours) goes on to the humans' flow below.
 //! 3. Without one, in queue mode with divisions: the first message gets the division menu
 //!    (unless it clearly names a division and detection is on); an answer that picks a
 //!    division (number, name or keyword) opens a ticket in that division's queue and tells
@@ -33,6 +36,7 @@ use projections::tickets::TicketRecord;
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::bots::{BotQuestion, BotTurn};
 use crate::error::{from_aggregate, ApiError, ApiResult};
 use crate::helpdesk::{Helpdesk, NewTicket, Origin, Wait};
 
@@ -157,6 +161,7 @@ impl Helpdesk {
                 domain::limits::MAX_TEXT_CHARS
             )));
         }
+        let received = std::time::Instant::now();
         let organization = caller.organization.clone();
         let channel_id = message
             .channel_id
@@ -215,6 +220,7 @@ impl Helpdesk {
         }
         let flow = Flow {
             helpdesk: self,
+            received,
             caller,
             origin: &origin,
             conversation_id: &conversation_id,
@@ -331,6 +337,7 @@ impl Helpdesk {
 /// One run of the inbound flow for one recorded message.
 struct Flow<'a> {
     helpdesk: &'a Helpdesk,
+    received: std::time::Instant,
     caller: &'a Caller,
     origin: &'a Origin,
     conversation_id: &'a str,
@@ -368,6 +375,25 @@ impl Flow<'_> {
                 }
             }
             return Ok(());
+        }
+        if !conversation.awaiting_division() {
+            let turn = helpdesk
+                .bot_turn(
+                    &conversation,
+                    BotQuestion {
+                        conversation_id: self.conversation_id,
+                        message_id: self.message_id,
+                        text,
+                        received: self.received,
+                        key: self.key,
+                    },
+                    self.origin,
+                    chrono::Utc::now(),
+                )
+                .await?;
+            if turn == BotTurn::Answered {
+                return Ok(());
+            }
         }
         let divisions = if settings.enabled {
             self.menu_divisions(settings.show_wait_time).await?

@@ -18,6 +18,7 @@ use domain::queue_settings::{OrganizationQueue, QueueSettingsChanges};
 use domain::ticket::{Ticket, TicketAction, TicketCommand, TicketEvent, TicketStatus};
 use domain::{Actor, Command, DomainError, PriorityKeywords};
 use projections::agents::AgentsProjection;
+use projections::bots::BotsProjection;
 use projections::conversations::{ChannelsProjection, ConversationsProjection, OutboxProjection};
 use projections::db::timestamp;
 use projections::divisions::DivisionsProjection;
@@ -86,6 +87,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(ConversationsProjection),
         Arc::new(ChannelsProjection),
         Arc::new(OutboxProjection),
+        Arc::new(BotsProjection),
     ]
 }
 
@@ -162,6 +164,7 @@ pub struct Helpdesk {
     pub(crate) conversations: CqrsFramework<Conversation, EventStore<Conversation>>,
     pub(crate) conversation_history: EventStore<Conversation>,
     pub(crate) channels: CqrsFramework<ChannelConfig, EventStore<ChannelConfig>>,
+    pub(crate) bots: CqrsFramework<domain::bot::Bot, EventStore<domain::bot::Bot>>,
     /// Which replica runs what.
     pub leases: Leases,
     /// How far the assignment process (when it runs here) has reconciled the log.
@@ -218,6 +221,7 @@ impl Helpdesk {
             conversations: CqrsFramework::new(event_store(&db), vec![], ()),
             conversation_history: event_store(&db),
             channels: CqrsFramework::new(event_store(&db), vec![], ()),
+            bots: CqrsFramework::new(event_store(&db), vec![], ()),
             leases,
             assignment_progress: tokio::sync::watch::channel(projections::Checkpoint::START).0,
             db,

@@ -11,6 +11,7 @@
 //!   and fills AUTO queues, running in the replica that holds its lease.
 //! - [`conversations`]: channel configuration and the inbound flow of a customer's message
 //!   (division menu, tickets from chats, the queue-place answers), replies and reading.
+//! - [`bots`]: chatbots — answers, active hours, and the bot's turn on a customer message.
 //! - [`conversation_process`]: tells customers when an agent takes their ticket.
 //! - [`outbox`]: the durable delivery of outbound messages to WhatsApp and Telegram.
 //! - [`webhooks`]: the providers' webhooks (signatures checked, payloads parsed).
@@ -21,6 +22,7 @@
 
 pub mod assignment;
 pub mod auth;
+pub mod bots;
 pub mod cli;
 pub mod config;
 pub mod conversation_process;

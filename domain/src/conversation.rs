@@ -276,6 +276,8 @@ pub enum ConversationEvent {
         confidence: f64,
         response_ms: i64,
         question: Sealed,
+        /// The outbound message carrying the answer.
+        message_id: String,
     },
     /// The bot passed a question to the humans.
     BotHandedOff {
@@ -410,6 +412,11 @@ impl Conversation {
     /// Whether this bot interaction is recorded (answered or handed off).
     pub fn has_interaction(&self, interaction_id: &str) -> bool {
         self.interactions.contains(interaction_id)
+    }
+
+    /// Whether the bot answered this interaction (rather than handing it off).
+    pub fn bot_answered(&self, interaction_id: &str) -> bool {
+        self.answered.contains(interaction_id)
     }
 
     fn require(&self, organization: &str) -> Result<(), DomainError> {
@@ -592,6 +599,7 @@ impl Aggregate for Conversation {
                         confidence,
                         response_ms: response_ms.max(0),
                         question,
+                        message_id: message_id.clone(),
                     },
                     self,
                 )
@@ -956,6 +964,7 @@ mod tests {
                 confidence: 0.9,
                 response_ms: 12,
                 question: Sealed("sealed-q".into()),
+                message_id: "bot-reply-1".into(),
             },
             ConversationEvent::OutboundMessageQueued {
                 message_id: "bot-reply-1".into(),

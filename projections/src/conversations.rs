@@ -36,7 +36,7 @@ impl Projection for ConversationsProjection {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &["conversations", "conversation_messages"]
+        &["conversations", "conversation_messages", "bot_interactions"]
     }
 
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
@@ -156,17 +156,70 @@ impl Projection for ConversationsProjection {
             ConversationEvent::ConversationRead { .. } => {
                 update(tx, id, version, "unread_count = 0", &[]).await?;
             }
-            ConversationEvent::BotHandedOff { .. } => {
+            ConversationEvent::BotHandedOff {
+                interaction_id,
+                bot_id,
+                ..
+            } => {
+                record_interaction(tx, event, &interaction_id, &bot_id, None).await?;
                 update(tx, id, version, "needs_human = (1 = 1)", &[]).await?;
             }
-            ConversationEvent::BotAnswered { .. }
-            | ConversationEvent::BotInteractionRated { .. } => {
-                // Recorded for the chatbot analytics; the conversation only moves its version.
+            ConversationEvent::BotAnswered {
+                interaction_id,
+                bot_id,
+                message_id,
+                ..
+            } => {
+                record_interaction(tx, event, &interaction_id, &bot_id, Some(&message_id)).await?;
+                update(tx, id, version, "", &[]).await?;
+            }
+            ConversationEvent::BotInteractionRated { .. } => {
+                // Counted by the chatbot analytics; the conversation only moves its version.
                 update(tx, id, version, "", &[]).await?;
             }
         }
         Ok(())
     }
+}
+
+async fn record_interaction(
+    tx: &mut Tx,
+    event: &StoredEvent,
+    interaction_id: &str,
+    bot_id: &str,
+    answer_message_id: Option<&str>,
+) -> Result<(), DbError> {
+    on_backend!(tx, |t| {
+        sqlx::query(
+            "INSERT INTO bot_interactions (interaction_id, conversation_id, organization_id, bot_id,
+                message_id)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(interaction_id)
+        .bind(&event.aggregate_id)
+        .bind(&event.metadata.organization)
+        .bind(bot_id)
+        .bind(answer_message_id)
+        .execute(&mut **t)
+        .await?;
+    });
+    Ok(())
+}
+
+/// The conversation and bot of a bot interaction.
+pub async fn interaction_conversation(
+    db: &Database,
+    organization: &str,
+    interaction_id: &str,
+) -> Result<Option<(String, String)>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as(
+        "SELECT conversation_id, bot_id FROM bot_interactions
+          WHERE interaction_id = $1 AND organization_id = $2"
+    )
+    .bind(interaction_id)
+    .bind(organization)
+    .fetch_optional(pool)
+    .await?))
 }
 
 async fn insert_message(
@@ -551,6 +604,8 @@ pub struct MessageRecord {
     pub position: i64,
     /// PENDING, SENDING, DELIVERED or DEAD; `None` for inbound messages.
     pub delivery_status: Option<String>,
+    /// For a bot's answer: the interaction (what `rateBotInteraction` names).
+    pub bot_interaction_id: Option<String>,
 }
 
 /// `first` messages of a conversation in order, after the message at `after_position`, and
@@ -573,8 +628,9 @@ pub async fn messages(
     let mut rows: Vec<MessageRecord> = on_backend!(db, |pool| {
         sqlx::query_as(
         "SELECT m.id, m.conversation_id, m.direction, m.kind, m.author_id, m.text, m.created_at,
-                m.position, o.status AS delivery_status
+                m.position, o.status AS delivery_status, b.interaction_id AS bot_interaction_id
            FROM conversation_messages m LEFT JOIN outbox_jobs o ON o.message_id = m.id
+                LEFT JOIN bot_interactions b ON b.message_id = m.id
           WHERE m.conversation_id = $1 AND m.organization_id = $2 AND m.position > $3
           ORDER BY m.position LIMIT $4"
     )

@@ -14,6 +14,7 @@
 //!   and their queries (the workload view and an agent's own queue among them).
 //! - [`conversations`]: conversations, their messages, the configured channels and the
 //!   outbox of messages to deliver.
+//! - [`bots`]: the chatbots with their answers and active hours.
 //! - [`personal_data`]: customers' personal data sealed with a key per customer, so that it
 //!   can be erased without rewriting the log.
 //! - [`lease`]: which replica runs each projector and the assignment process (PostgreSQL
@@ -21,6 +22,7 @@
 //! - [`telemetry`]: counters and histograms exported at `/metrics`.
 
 pub mod agents;
+pub mod bots;
 pub mod conversations;
 pub mod db;
 pub mod divisions;

@@ -197,6 +197,8 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
     /// Outbound messages: PENDING, SENDING, DELIVERED or DEAD; null for inbound ones.
     pub delivery_status: Option<String>,
+    /// A bot's answer: its interaction, for `rateBotInteraction`.
+    pub bot_interaction_id: Option<ID>,
 }
 
 impl Message {
@@ -222,6 +224,7 @@ impl Message {
             text: open_sealed(keys, customer_id, &row.text)?,
             created_at: parse_timestamp(&row.created_at)?,
             delivery_status: row.delivery_status,
+            bot_interaction_id: row.bot_interaction_id.map(ID),
         })
     }
 }

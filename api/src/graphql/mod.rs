@@ -5,10 +5,12 @@
 //! - [`query`]: the read side, straight from the projections.
 //! - [`mutation`]: the write side, through [`crate::helpdesk::Helpdesk`].
 //! - [`conversations`]: conversations, messages and channels (both sides).
+//! - [`bots`]: chatbots, their answers, active hours and ratings.
 //!
 //! Each request carries a [`RequestContext`]: the authenticated caller (or why there is none)
 //! and a request id that ends up in the metadata of the events it causes.
 
+pub mod bots;
 pub mod conversations;
 pub mod mutation;
 pub mod query;
@@ -24,11 +26,19 @@ use crate::helpdesk::Helpdesk;
 
 /// Every query: tickets, queues, agents and divisions; conversations.
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(query::Query, conversations::ConversationQuery);
+pub struct QueryRoot(
+    query::Query,
+    conversations::ConversationQuery,
+    bots::BotQuery,
+);
 
 /// Every mutation.
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(mutation::Mutation, conversations::ConversationMutation);
+pub struct MutationRoot(
+    mutation::Mutation,
+    conversations::ConversationMutation,
+    bots::BotMutation,
+);
 
 /// The helpdesk's GraphQL schema.
 pub type HelpdeskSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
