@@ -5,11 +5,13 @@
 //!
 //! 1. The message is recorded on the conversation (started by the first one), its personal
 //!    data sealed with the customer's key. A message id the conversation already holds
-//!    (a redelivered webhook) stops the flow: nothing is recorded twice.
+//!    (a redelivered webhook) is not recorded again; if it is the customer's latest
+//!    message, its flow runs again to finish what a crash may have cut short.
 //! 2. With an open ticket, the message is for the humans; in queue mode the check keyword
 //!    ("#") answers with the customer's place in the queue.
-//! 2a. Without one (and unless the customer is answering the division menu), the
-//!    conversation's bot takes its turn ([`crate::bots`]): an answer ends the flow; a
+//!
+//!    Without one (and unless the customer is answering the division menu), the
+//!    conversation's bot takes its turn first ([`crate::bots`]): an answer ends the flow; a
 //!    hand-off (low confidence, outside hours) goes on to the humans' flow below.
 //! 3. Without one, in queue mode with divisions: the first message gets the division menu
 //!    (unless it clearly names a division and detection is on); an answer that picks a

@@ -9,6 +9,9 @@
 //!   tickets queued — see the `assignment` module (`bench/assignment.rs`).
 //! - `queue-position`: `projections::queue::position` and `page` on a queue of 100,000
 //!   tickets — see the `queue_position` module (`bench/queue_position.rs`).
+//! - `inbound`: signed WhatsApp webhooks per second end to end (HTTP → events →
+//!   projections) against the real server on loopback — see the `inbound` module
+//!   (`bench/inbound.rs`).
 //!
 //! # What runs (lifecycle)
 //!
@@ -60,6 +63,7 @@
 //! cargo run --release -p api --bin bench -- --backend sqlite --sqlite-path /tmp/bench
 //! cargo run --release -p api --bin bench -- --scenario assignment
 //! cargo run --release -p api --bin bench -- --scenario queue-position --explain
+//! cargo run --release -p api --bin bench -- --scenario inbound
 //! ```
 //!
 //! PostgreSQL is reached at `--postgres-url` (default `TEST_DATABASE_URL`, else
@@ -104,6 +108,8 @@ use projections::telemetry::label;
 // as `api/Cargo.toml` names it).
 #[path = "bench/assignment.rs"]
 mod assignment;
+#[path = "bench/inbound.rs"]
+mod inbound;
 #[path = "bench/queue_position.rs"]
 mod queue_position;
 
@@ -198,6 +204,15 @@ struct Args {
     /// printed) instead of removing them.
     #[arg(long)]
     keep_databases: bool,
+    /// inbound: concurrent webhook clients.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    inbound_clients: u64,
+    /// inbound: messages of each flow.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    inbound_messages: u64,
+    /// inbound: conversations the follow-ups of flow (b) are spread over, round robin.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    inbound_conversations: u64,
 }
 
 /// The `--scenario` choices.
@@ -209,6 +224,8 @@ enum Scenario {
     Assignment,
     /// Queue-position and queue-page lookups in a long queue.
     QueuePosition,
+    /// Inbound WhatsApp webhooks per second, end to end over HTTP on loopback.
+    Inbound,
 }
 
 /// The `--backend` choices.
@@ -252,6 +269,9 @@ async fn main() -> ExitCode {
         Scenario::QueuePosition => queue_position::run(&args)
             .await
             .map(|runs| queue_position::print_report(&args, &runs)),
+        Scenario::Inbound => inbound::run(&args)
+            .await
+            .map(|runs| inbound::print_report(&args, &runs)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
