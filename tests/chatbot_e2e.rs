@@ -114,6 +114,30 @@ async fn the_bot_answers_inside_hours_hands_off_outside_and_below_its_threshold(
         )
         .await;
         assert_eq!(low, 1, "{}", db.url);
+        let from = (Utc::now() - chrono::Duration::hours(2)).to_rfc3339();
+        let to = (Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+        let report = server
+            .data(
+                &admin(),
+                "query($b: ID!, $f: DateTime!, $t: DateTime!) { chatbotReport(botId: $b, from: $f,
+                    to: $t, granularity: HOUR) { totals { interactions successful escalated avgRating }
+                    unmatchedQuestions { text count } topAnswers { question count } } }",
+                json!({ "b": bot, "f": from, "t": to }),
+            )
+            .await["chatbotReport"]
+            .clone();
+        assert_eq!(report["totals"]["interactions"], 2);
+        assert_eq!(report["totals"]["successful"], 1);
+        assert_eq!(report["totals"]["escalated"], 1);
+        assert_eq!(report["totals"]["avgRating"], 5.0);
+        assert_eq!(
+            report["unmatchedQuestions"],
+            json!([{ "text": "bisa kirim ke luar negeri", "count": 1 }])
+        );
+        assert_eq!(
+            report["topAnswers"],
+            json!([{ "question": "Jam berapa toko buka?", "count": 1 }])
+        );
 
         // Outside hours: the outside-hours message and a queued ticket. The only window is
         // three days from now, so now is outside it.

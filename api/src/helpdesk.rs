@@ -19,6 +19,7 @@ use domain::ticket::{Ticket, TicketAction, TicketCommand, TicketEvent, TicketSta
 use domain::{Actor, Command, DomainError, PriorityKeywords};
 use projections::agents::AgentsProjection;
 use projections::bots::BotsProjection;
+use projections::chatbot::ChatbotAnalyticsProjection;
 use projections::conversations::{ChannelsProjection, ConversationsProjection, OutboxProjection};
 use projections::db::timestamp;
 use projections::divisions::DivisionsProjection;
@@ -88,6 +89,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(ChannelsProjection),
         Arc::new(OutboxProjection),
         Arc::new(BotsProjection),
+        Arc::new(ChatbotAnalyticsProjection),
     ]
 }
 

@@ -16,6 +16,7 @@
 //! - [`outbox`]: the durable delivery of outbound messages to WhatsApp and Telegram.
 //! - [`webhooks`]: the providers' webhooks (signatures checked, payloads parsed).
 //! - [`graphql`]: the schema (queries and mutations of `CONTRACT.md`).
+//! - [`reports`]: `GET /reports/chatbot/{botId}.csv` (bearer token).
 //! - [`server`]: the HTTP server: `/graphql`, `/healthz`, `/readyz`, `/metrics`, graceful
 //!   shutdown.
 //! - [`cli`]: `helpdesk serve | migrate | token | replay`.
@@ -31,5 +32,6 @@ pub mod error;
 pub mod graphql;
 pub mod helpdesk;
 pub mod outbox;
+pub mod reports;
 pub mod server;
 pub mod webhooks;

@@ -1,5 +1,6 @@
 //! The HTTP server: GraphQL (`POST /graphql`, GraphiQL on `GET /graphql`), `/healthz`,
-//! `/readyz`, `/metrics`, the providers' webhooks (`/webhooks/...`); graceful shutdown that drains requests before stopping the
+//! `/readyz`, `/metrics`, the providers' webhooks (`/webhooks/...`), the chatbot CSV report
+//! (`/reports/chatbot/...`); graceful shutdown that drains requests before stopping the
 //! projection runners and closing the database.
 
 use async_graphql::http::GraphiQLSource;
@@ -81,6 +82,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state.clone())
+        .merge(crate::reports::routes(
+            state.helpdesk.clone(),
+            state.keys.clone(),
+        ))
         .merge(crate::webhooks::routes(state.helpdesk))
 }
 

@@ -15,6 +15,8 @@
 //! - [`conversations`]: conversations, their messages, the configured channels and the
 //!   outbox of messages to deliver.
 //! - [`bots`]: the chatbots with their answers and active hours.
+//! - [`chatbot`]: chatbot analytics bucketed in each bot's local time (DST-correct) and
+//!   its report: rates, averages, confidence histogram, top answers, unmatched questions.
 //! - [`personal_data`]: customers' personal data sealed with a key per customer, so that it
 //!   can be erased without rewriting the log.
 //! - [`lease`]: which replica runs each projector and the assignment process (PostgreSQL
@@ -23,6 +25,7 @@
 
 pub mod agents;
 pub mod bots;
+pub mod chatbot;
 pub mod conversations;
 pub mod db;
 pub mod divisions;

@@ -43,7 +43,10 @@ impl std::fmt::Debug for CustomerKey {
 }
 
 impl CustomerKey {
-    fn from_stored(customer_id: &str, stored: &str) -> Result<Self, DbError> {
+    /// The key of `customer_id` from its stored form (the `secret_key` column of
+    /// `customer_keys`): for code that reads the table itself, such as a projection inside
+    /// its transaction.
+    pub fn from_stored(customer_id: &str, stored: &str) -> Result<Self, DbError> {
         let bytes = STANDARD
             .decode(stored)
             .map_err(|e| DbError::Corrupt(format!("customer key of {customer_id}: {e}")))?;

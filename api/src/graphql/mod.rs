@@ -6,11 +6,13 @@
 //! - [`mutation`]: the write side, through [`crate::helpdesk::Helpdesk`].
 //! - [`conversations`]: conversations, messages and channels (both sides).
 //! - [`bots`]: chatbots, their answers, active hours and ratings.
+//! - [`chatbot_report`]: the chatbot analytics report.
 //!
 //! Each request carries a [`RequestContext`]: the authenticated caller (or why there is none)
 //! and a request id that ends up in the metadata of the events it causes.
 
 pub mod bots;
+pub mod chatbot_report;
 pub mod conversations;
 pub mod mutation;
 pub mod query;
@@ -30,6 +32,7 @@ pub struct QueryRoot(
     query::Query,
     conversations::ConversationQuery,
     bots::BotQuery,
+    chatbot_report::ChatbotReportQuery,
 );
 
 /// Every mutation.
