@@ -12,6 +12,8 @@
 //! - `inbound`: signed WhatsApp webhooks per second end to end (HTTP → events →
 //!   projections) against the real server on loopback — see the `inbound` module
 //!   (`bench/inbound.rs`).
+//! - `chatbot-report`: `projections::chatbot::report` over a year of hourly buckets holding
+//!   1,000,000 interactions — see the `chatbot_report` module (`bench/chatbot_report.rs`).
 //!
 //! # What runs (lifecycle)
 //!
@@ -64,6 +66,7 @@
 //! cargo run --release -p api --bin bench -- --scenario assignment
 //! cargo run --release -p api --bin bench -- --scenario queue-position --explain
 //! cargo run --release -p api --bin bench -- --scenario inbound
+//! cargo run --release -p api --bin bench -- --scenario chatbot-report
 //! ```
 //!
 //! PostgreSQL is reached at `--postgres-url` (default `TEST_DATABASE_URL`, else
@@ -108,6 +111,8 @@ use projections::telemetry::label;
 // as `api/Cargo.toml` names it).
 #[path = "bench/assignment.rs"]
 mod assignment;
+#[path = "bench/chatbot_report.rs"]
+mod chatbot_report;
 #[path = "bench/inbound.rs"]
 mod inbound;
 #[path = "bench/queue_position.rs"]
@@ -197,11 +202,12 @@ struct Args {
     /// queue-position: `page` calls after a random cursor (and a tenth as many head pages).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pages: u64,
-    /// queue-position: also print the query plans of the queue statements.
+    /// queue-position and chatbot-report: also print the query plans of the measured
+    /// statements.
     #[arg(long)]
     explain: bool,
-    /// assignment and queue-position: keep the databases for inspection (their names are
-    /// printed) instead of removing them.
+    /// assignment, queue-position and chatbot-report: keep the databases for inspection
+    /// (their names are printed) instead of removing them.
     #[arg(long)]
     keep_databases: bool,
     /// inbound: concurrent webhook clients.
@@ -213,6 +219,16 @@ struct Args {
     /// inbound: conversations the follow-ups of flow (b) are spread over, round robin.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     inbound_conversations: u64,
+    /// chatbot-report: interactions of the measured bot over its year.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=20_000_000))]
+    chatbot_interactions: u64,
+    /// chatbot-report: calls of each measured report.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    chatbot_reports: u64,
+    /// chatbot-report: interactions applied both through the projection and by the direct
+    /// insert, whose tables must be equal.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    chatbot_sample: u64,
 }
 
 /// The `--scenario` choices.
@@ -226,6 +242,8 @@ enum Scenario {
     QueuePosition,
     /// Inbound WhatsApp webhooks per second, end to end over HTTP on loopback.
     Inbound,
+    /// The chatbot report over a year of 1,000,000 interactions.
+    ChatbotReport,
 }
 
 /// The `--backend` choices.
@@ -272,6 +290,9 @@ async fn main() -> ExitCode {
         Scenario::Inbound => inbound::run(&args)
             .await
             .map(|runs| inbound::print_report(&args, &runs)),
+        Scenario::ChatbotReport => chatbot_report::run(&args)
+            .await
+            .map(|runs| chatbot_report::print_report(&args, &runs)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
