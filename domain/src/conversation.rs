@@ -333,7 +333,6 @@ pub struct Conversation {
     answered: HashSet<String>,
     /// Interactions recorded either way.
     interactions: HashSet<String>,
-    needs_human: bool,
 }
 
 impl Conversation {
@@ -401,12 +400,6 @@ impl Conversation {
     /// The customer's latest message.
     pub fn last_inbound(&self) -> Option<&str> {
         self.last_inbound.as_deref()
-    }
-
-    /// Whether the bot has handed the conversation to the humans (and no ticket took it
-    /// yet).
-    pub fn handed_off(&self) -> bool {
-        self.needs_human
     }
 
     /// Whether this bot interaction is recorded (answered or handed off).
@@ -714,7 +707,6 @@ impl Aggregate for Conversation {
                 self.division_id = Some(division_id);
             }
             ConversationEvent::TicketLinked { ticket_id } => {
-                self.needs_human = false;
                 self.ticket_id = Some(ticket_id);
                 self.tickets_opened += 1;
                 self.mode = ConversationMode::Agent;
@@ -740,7 +732,6 @@ impl Aggregate for Conversation {
             }
             ConversationEvent::BotHandedOff { interaction_id, .. } => {
                 self.interactions.insert(interaction_id);
-                self.needs_human = true;
             }
             ConversationEvent::BotInteractionRated { .. } => {}
         }
