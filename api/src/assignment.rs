@@ -103,17 +103,16 @@ impl Helpdesk {
     ) -> ApiResult<DateTime<Utc>> {
         let started = Instant::now();
         let origin = Origin::of(caller, request_id);
-        let (agent_id, via, name) = match agent_id {
-            None => (caller.actor.id.clone(), AssignmentVia::Claim, "claimTicket"),
-            Some(agent) => (agent, AssignmentVia::Admin, "assignTicket"),
+        let (agent_id, route, name) = match agent_id {
+            None => (caller.actor.id.clone(), Route::Claim, "claimTicket"),
+            Some(agent) => (agent, Route::Admin, "assignTicket"),
         };
         let result = assign_with_slot(
             self,
             &origin,
             ticket_id,
             &agent_id,
-            via,
-            None,
+            &route,
             Wait::ForProjections,
         )
         .await
@@ -125,35 +124,70 @@ impl Helpdesk {
     }
 }
 
+/// How a ticket gets its agent: what the saga's assignment step says, and what it
+/// carries.
+enum Route {
+    /// The agent takes it from the queue.
+    Claim,
+    /// An admin chose the agent.
+    Admin,
+    /// The assignment process chose the agent.
+    Auto(AssignmentDecision),
+    /// Taken from `from_agent`, who did not answer in time.
+    Escalation {
+        decision: AssignmentDecision,
+        from_agent: String,
+    },
+}
+
+impl Route {
+    fn via(&self) -> AssignmentVia {
+        match self {
+            Route::Claim => AssignmentVia::Claim,
+            Route::Admin => AssignmentVia::Admin,
+            Route::Auto(_) => AssignmentVia::Auto,
+            Route::Escalation { .. } => AssignmentVia::Escalation,
+        }
+    }
+
+    /// The ticket command giving the ticket to `agent_id` with the slot reserved at
+    /// `reservation`.
+    fn action(&self, agent_id: &str, reservation: u64) -> TicketAction {
+        let agent_id = agent_id.to_string();
+        match self {
+            Route::Claim => TicketAction::Claim { reservation },
+            Route::Admin => TicketAction::Assign {
+                agent_id,
+                reservation,
+            },
+            Route::Auto(decision) => TicketAction::AutoAssign {
+                agent_id,
+                reservation,
+                decision: decision.clone(),
+            },
+            Route::Escalation {
+                decision,
+                from_agent,
+            } => TicketAction::Escalate {
+                from_agent_id: from_agent.clone(),
+                agent_id,
+                reservation,
+                decision: decision.clone(),
+            },
+        }
+    }
+}
+
 /// The saga: reserve the agent's slot for the ticket's current version, then assign.
 async fn assign_with_slot(
     helpdesk: &Helpdesk,
     origin: &Origin,
     ticket_id: &str,
     agent_id: &str,
-    via: AssignmentVia,
-    decision: Option<AssignmentDecision>,
+    route: &Route,
     wait: Wait,
 ) -> Result<DateTime<Utc>, SagaFailure> {
-    assign_with_slot_from(
-        helpdesk, origin, ticket_id, agent_id, via, decision, None, wait,
-    )
-    .await
-}
-
-/// [`assign_with_slot`]; for an escalation, `from_agent` is the holder it was decided
-/// against.
-#[allow(clippy::too_many_arguments)]
-async fn assign_with_slot_from(
-    helpdesk: &Helpdesk,
-    origin: &Origin,
-    ticket_id: &str,
-    agent_id: &str,
-    via: AssignmentVia,
-    decision: Option<AssignmentDecision>,
-    from_agent: Option<&str>,
-    wait: Wait,
-) -> Result<DateTime<Utc>, SagaFailure> {
+    let via = route.via();
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -162,29 +196,7 @@ async fn assign_with_slot_from(
             .await
             .map_err(SagaFailure::Ticket)?;
         let reservation = ticket.version();
-        let action = match (via, &decision) {
-            (AssignmentVia::Claim, _) => TicketAction::Claim { reservation },
-            (AssignmentVia::Admin, _) => TicketAction::Assign {
-                agent_id: agent_id.to_string(),
-                reservation,
-            },
-            (AssignmentVia::Auto, Some(decision)) => TicketAction::AutoAssign {
-                agent_id: agent_id.to_string(),
-                reservation,
-                decision: decision.clone(),
-            },
-            (AssignmentVia::Escalation, Some(decision)) => TicketAction::Escalate {
-                from_agent_id: from_agent.unwrap_or_default().to_string(),
-                agent_id: agent_id.to_string(),
-                reservation,
-                decision: decision.clone(),
-            },
-            (AssignmentVia::Auto | AssignmentVia::Escalation, None) => {
-                return Err(SagaFailure::Ticket(ApiError::internal(
-                    "automatic assignment without a decision",
-                )))
-            }
-        };
+        let action = route.action(agent_id, reservation);
         // The ticket's verdict first, so a refused assignment never touches the agent.
         let judged = ticket.preview(&Command {
             organization: origin.organization.clone(),
@@ -367,8 +379,7 @@ async fn try_assign_waiting(
                 &origin,
                 &ticket_id,
                 &winner,
-                AssignmentVia::Auto,
-                Some(decision),
+                &Route::Auto(decision),
                 wait,
             )
             .await;
@@ -469,18 +480,13 @@ pub(crate) async fn escalate(
     );
     let winner = decision.winner.clone();
     let started = Instant::now();
-    let outcome = assign_with_slot_from(
-        helpdesk,
-        origin,
-        ticket_id,
-        &winner,
-        AssignmentVia::Escalation,
-        Some(decision),
-        Some(from_agent),
-        Wait::No,
-    )
-    .await
-    .map_err(SagaFailure::into_error);
+    let route = Route::Escalation {
+        decision,
+        from_agent: from_agent.to_string(),
+    };
+    let outcome = assign_with_slot(helpdesk, origin, ticket_id, &winner, &route, Wait::No)
+        .await
+        .map_err(SagaFailure::into_error);
     helpdesk.measure("escalateTicket", started, &outcome);
     outcome.map(|_| Some(winner))
 }
