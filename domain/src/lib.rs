@@ -20,6 +20,9 @@
 //!   recorded draw) and the decision record kept in the assignment event.
 //! - [`bot`]: the Bot aggregate (answers, threshold, channels, active hours) and the
 //!   deterministic scoring of a message against its answers.
+//! - [`pipeline`]: kanban pipelines — the OrganizationPipelines aggregate (pipelines,
+//!   ordered stages, stage automation, the default pipeline) and the Card aggregate (a
+//!   conversation's place on one pipeline, its labels, the automation its stage entry owes).
 //! - [`schedule`]: the chatbot's active hours in its own timezone (DST-correct, overnight
 //!   windows).
 //! - [`wait`]: the estimated wait of a queued customer (median handling time).
@@ -45,6 +48,7 @@ pub mod division;
 pub mod limits;
 pub mod menu;
 pub mod metadata;
+pub mod pipeline;
 pub mod priority;
 pub mod queue_settings;
 pub mod schedule;

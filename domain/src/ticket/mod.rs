@@ -105,6 +105,9 @@ pub enum AssignmentVia {
     /// Taken from an agent who did not answer the customer in time and given to the agent
     /// the policy chose (the decision, with the reason, is in the event).
     Escalation,
+    /// A pipeline stage's automation named the agent (the admin who configured the stage
+    /// chose, so it is treated like an admin's assignment).
+    Automation,
 }
 
 /// What happened to a ticket. Who and when are in the event's metadata.

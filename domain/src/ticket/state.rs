@@ -288,11 +288,15 @@ impl Ticket {
                 agent_id,
                 reservation,
             } => {
-                if actor.role != Role::Admin {
-                    return Err(TicketError::NotPermitted(
-                        "only admins assign tickets to agents".into(),
-                    ));
-                }
+                let via = match actor.role {
+                    Role::Admin => AssignmentVia::Admin,
+                    Role::Service => AssignmentVia::Automation,
+                    _ => {
+                        return Err(TicketError::NotPermitted(
+                            "only admins assign tickets to agents".into(),
+                        ))
+                    }
+                };
                 if agent_id.trim().is_empty() {
                     return Err(invalid("agentId must not be empty"));
                 }
@@ -312,7 +316,7 @@ impl Ticket {
                 TicketEvent::TicketAssigned {
                     agent_id,
                     previous_agent_id: self.assignee.clone(),
-                    via: AssignmentVia::Admin,
+                    via,
                     decision: None,
                 }
             }

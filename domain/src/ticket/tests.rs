@@ -569,12 +569,27 @@ fn assigning_to_the_current_agent_is_refused() {
 }
 
 #[test]
-fn agents_and_services_cannot_assign() {
-    for actor in [agent("ann"), agent("bob"), service()] {
+fn agents_cannot_assign() {
+    for actor in [agent("ann"), agent("bob")] {
         given_status(TicketStatus::Queued)
             .when(cmd(actor, assign("ann", version_of(TicketStatus::Queued))))
             .then_expect_error(not_permitted("only admins assign tickets to agents"));
     }
+}
+
+#[test]
+fn a_service_assigns_for_a_stage_automation() {
+    given_status(TicketStatus::Queued)
+        .when(cmd(
+            service(),
+            assign("ann", version_of(TicketStatus::Queued)),
+        ))
+        .then_expect_events(vec![TicketEvent::TicketAssigned {
+            agent_id: "ann".into(),
+            previous_agent_id: None,
+            via: AssignmentVia::Automation,
+            decision: None,
+        }]);
 }
 
 #[test]
