@@ -107,11 +107,8 @@ async fn run(helpdesk: Arc<Helpdesk>, shutdown: CancellationToken) {
     let mut lease = helpdesk.leases.watch(ROLE);
     let mut wake = helpdesk.log_signal().subscribe();
     loop {
-        while !*lease.borrow_and_update() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = lease.changed() => if changed.is_err() { return },
-            }
+        if !projections::lease::until_held(&mut lease, &shutdown).await {
+            return;
         }
         while *lease.borrow() && !shutdown.is_cancelled() {
             if let Err(error) = pass(&helpdesk).await {

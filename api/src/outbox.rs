@@ -211,11 +211,8 @@ pub async fn run_with(
         http,
     };
     loop {
-        while !*lease.borrow_and_update() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = lease.changed() => if changed.is_err() { return },
-            }
+        if !projections::lease::until_held(&mut lease, &shutdown).await {
+            return;
         }
         tracing::info!("delivering outbound messages here");
         // Whoever held the lease before may have died mid-send: at least once, not at most.
