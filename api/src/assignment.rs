@@ -124,6 +124,27 @@ impl Helpdesk {
     }
 }
 
+/// Gives a ticket to the agent a pipeline stage's automation names (the pipeline
+/// process's step; the caller waits for the projections itself).
+pub(crate) async fn assign_by_automation(
+    helpdesk: &Helpdesk,
+    origin: &Origin,
+    ticket_id: &str,
+    agent_id: &str,
+) -> ApiResult<()> {
+    assign_with_slot(
+        helpdesk,
+        origin,
+        ticket_id,
+        agent_id,
+        &Route::Automation,
+        Wait::No,
+    )
+    .await
+    .map(|_| ())
+    .map_err(SagaFailure::into_error)
+}
+
 /// How a ticket gets its agent: what the saga's assignment step says, and what it
 /// carries.
 enum Route {
@@ -131,6 +152,8 @@ enum Route {
     Claim,
     /// An admin chose the agent.
     Admin,
+    /// A pipeline stage's automation named the agent.
+    Automation,
     /// The assignment process chose the agent.
     Auto(AssignmentDecision),
     /// Taken from `from_agent`, who did not answer in time.
@@ -145,6 +168,7 @@ impl Route {
         match self {
             Route::Claim => AssignmentVia::Claim,
             Route::Admin => AssignmentVia::Admin,
+            Route::Automation => AssignmentVia::Automation,
             Route::Auto(_) => AssignmentVia::Auto,
             Route::Escalation { .. } => AssignmentVia::Escalation,
         }
@@ -156,7 +180,7 @@ impl Route {
         let agent_id = agent_id.to_string();
         match self {
             Route::Claim => TicketAction::Claim { reservation },
-            Route::Admin => TicketAction::Assign {
+            Route::Admin | Route::Automation => TicketAction::Assign {
                 agent_id,
                 reservation,
             },
@@ -586,11 +610,8 @@ async fn run(helpdesk: Arc<Helpdesk>, shutdown: CancellationToken) {
     let mut lease = helpdesk.leases.watch(ROLE);
     let mut wake = helpdesk.log_signal().subscribe();
     loop {
-        while !*lease.borrow_and_update() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                changed = lease.changed() => if changed.is_err() { return },
-            }
+        if !projections::lease::until_held(&mut lease, &shutdown).await {
+            return;
         }
         tracing::info!("running the assignment process here");
         // Everything before the head is covered by the first sweep.

@@ -146,6 +146,18 @@ async fn hold_leases(
     }
 }
 
+/// Waits until `lease` is held; `false` when `shutdown` came first or the lease is gone.
+/// The processes that run in one replica at a time wait here between their turns.
+pub async fn until_held(lease: &mut watch::Receiver<bool>, shutdown: &CancellationToken) -> bool {
+    while !*lease.borrow_and_update() {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            changed = lease.changed() => if changed.is_err() { return false },
+        }
+    }
+    !shutdown.is_cancelled()
+}
+
 #[cfg(test)]
 mod tests {
     use super::lock_key;
@@ -156,19 +168,4 @@ mod tests {
         assert_ne!(lock_key("tickets"), lock_key("agents"));
         assert_ne!(lock_key("assignment"), lock_key("divisions"));
     }
-}
-
-/// Waits until `lease` is held; `false` when `shutdown` came first or the lease is gone.
-/// The processes that run in one replica at a time wait here between their turns.
-pub async fn until_held(
-    lease: &mut watch::Receiver<bool>,
-    shutdown: &CancellationToken,
-) -> bool {
-    while !*lease.borrow_and_update() {
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            changed = lease.changed() => if changed.is_err() { return false },
-        }
-    }
-    !shutdown.is_cancelled()
 }
