@@ -13,6 +13,7 @@ use domain::channel::ChannelConfig;
 use domain::conversation::Conversation;
 use domain::division::{Division, DivisionAction, DivisionChanges, DivisionProfile};
 use domain::metadata::EventMetadata;
+use domain::pipeline::{Card, OrganizationPipelines};
 use domain::priority::Priority;
 use domain::queue_settings::{OrganizationQueue, QueueSettingsChanges};
 use domain::ticket::{Ticket, TicketAction, TicketCommand, TicketEvent, TicketStatus};
@@ -90,6 +91,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(OutboxProjection),
         Arc::new(BotsProjection),
         Arc::new(ChatbotAnalyticsProjection),
+        Arc::new(projections::pipelines::PipelinesProjection),
     ]
 }
 
@@ -100,6 +102,7 @@ pub fn lease_roles() -> Vec<&'static str> {
     let mut roles: Vec<&'static str> = all_projections().iter().map(|p| p.name()).collect();
     roles.push(crate::assignment::ROLE);
     roles.push(crate::conversation_process::ROLE);
+    roles.push(crate::pipeline_process::ROLE);
     roles
 }
 
@@ -167,6 +170,10 @@ pub struct Helpdesk {
     pub(crate) conversation_history: EventStore<Conversation>,
     pub(crate) channels: CqrsFramework<ChannelConfig, EventStore<ChannelConfig>>,
     pub(crate) bots: CqrsFramework<domain::bot::Bot, EventStore<domain::bot::Bot>>,
+    pub(crate) pipelines: CqrsFramework<OrganizationPipelines, EventStore<OrganizationPipelines>>,
+    pub(crate) pipeline_history: EventStore<OrganizationPipelines>,
+    pub(crate) cards: CqrsFramework<Card, EventStore<Card>>,
+    pub(crate) card_history: EventStore<Card>,
     /// Which replica runs what.
     pub leases: Leases,
     /// How far the assignment process (when it runs here) has reconciled the log.
@@ -224,6 +231,10 @@ impl Helpdesk {
             conversation_history: event_store(&db),
             channels: CqrsFramework::new(event_store(&db), vec![], ()),
             bots: CqrsFramework::new(event_store(&db), vec![], ()),
+            pipelines: CqrsFramework::new(event_store(&db), vec![], ()),
+            pipeline_history: event_store(&db),
+            cards: CqrsFramework::new(event_store(&db), vec![], ()),
+            card_history: event_store(&db),
             leases,
             assignment_progress: tokio::sync::watch::channel(projections::Checkpoint::START).0,
             db,
@@ -240,6 +251,10 @@ impl Helpdesk {
             shutdown.clone(),
         ));
         tasks.push(crate::conversation_process::spawn(
+            helpdesk.clone(),
+            shutdown.clone(),
+        ));
+        tasks.push(crate::pipeline_process::spawn(
             helpdesk.clone(),
             shutdown.clone(),
         ));
@@ -729,6 +744,8 @@ fn noun(aggregate_type: &str) -> &'static str {
         "Division" => "division",
         "AgentStatus" => "agent",
         "QueueSettings" => "queue settings",
+        "Pipelines" => "pipeline",
+        "Card" => "card",
         _ => "ticket",
     }
 }

@@ -32,6 +32,8 @@ pub mod error;
 pub mod graphql;
 pub mod helpdesk;
 pub mod outbox;
+pub mod pipeline_process;
+pub mod pipelines;
 pub mod reports;
 pub mod server;
 pub mod webhooks;

@@ -171,6 +171,12 @@ impl ProjectionProgress {
             .collect()
     }
 
+    /// Follows the checkpoint of projection `name` (as this process sees it, whichever
+    /// replica runs the projector).
+    pub fn watch(&self, name: &str) -> Option<watch::Receiver<Checkpoint>> {
+        self.receivers.get(name).map(|(_, rx)| rx.clone())
+    }
+
     /// Waits until every projection has passed `target`, at most `timeout`.
     pub async fn wait_for_all(&self, target: Checkpoint, timeout: Duration) -> Result<(), Lagging> {
         self.wait_until(target, timeout, |_| true).await

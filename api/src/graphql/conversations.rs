@@ -177,6 +177,26 @@ impl Conversation {
     }
 }
 
+/// One conversation of the organization, personal data opened.
+pub(crate) async fn conversation_by_id(
+    helpdesk: &crate::helpdesk::Helpdesk,
+    organization: &str,
+    id: &str,
+) -> ApiResult<Option<Conversation>> {
+    let Some(record) =
+        projections::conversations::conversation(&helpdesk.db, organization, id).await?
+    else {
+        return Ok(None);
+    };
+    let keys = personal_data::keys(
+        &helpdesk.db,
+        organization,
+        std::slice::from_ref(&record.customer_id),
+    )
+    .await?;
+    Ok(Some(Conversation::from_record(record, &keys)?))
+}
+
 fn parse_enum<T: serde::de::DeserializeOwned>(stored: &str) -> ApiResult<T> {
     serde_json::from_value(serde_json::Value::String(stored.to_string()))
         .map_err(|e| ApiError::internal(format!("stored enum {stored:?}: {e}")))
@@ -362,22 +382,7 @@ impl ConversationQuery {
     ) -> async_graphql::Result<Option<Conversation>> {
         let caller = caller_in(ctx, &[Role::Admin, Role::Agent], "read conversations")?;
         let id = parse_uuid(&id, "conversation")?;
-        let helpdesk = helpdesk(ctx)?;
-        let Some(record) =
-            projections::conversations::conversation(&helpdesk.db, &caller.organization, &id)
-                .await
-                .map_err(ApiError::from)?
-        else {
-            return Ok(None);
-        };
-        let keys = personal_data::keys(
-            &helpdesk.db,
-            &caller.organization,
-            std::slice::from_ref(&record.customer_id),
-        )
-        .await
-        .map_err(ApiError::from)?;
-        Ok(Some(Conversation::from_record(record, &keys)?))
+        Ok(conversation_by_id(helpdesk(ctx)?, &caller.organization, &id).await?)
     }
 
     /// Outbound messages by delivery status (PENDING, SENDING, DELIVERED, DEAD), oldest

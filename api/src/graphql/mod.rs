@@ -7,6 +7,7 @@
 //! - [`conversations`]: conversations, messages and channels (both sides).
 //! - [`bots`]: chatbots, their answers, active hours and ratings.
 //! - [`chatbot_report`]: the chatbot analytics report.
+//! - [`pipelines`]: pipelines, stages, the kanban board and its cards, pipeline analytics.
 //!
 //! Each request carries a [`RequestContext`]: the authenticated caller (or why there is none)
 //! and a request id that ends up in the metadata of the events it causes.
@@ -15,6 +16,7 @@ pub mod bots;
 pub mod chatbot_report;
 pub mod conversations;
 pub mod mutation;
+pub mod pipelines;
 pub mod query;
 pub mod types;
 
@@ -33,6 +35,7 @@ pub struct QueryRoot(
     conversations::ConversationQuery,
     bots::BotQuery,
     chatbot_report::ChatbotReportQuery,
+    pipelines::PipelineQuery,
 );
 
 /// Every mutation.
@@ -41,6 +44,7 @@ pub struct MutationRoot(
     mutation::Mutation,
     conversations::ConversationMutation,
     bots::BotMutation,
+    pipelines::PipelineMutation,
 );
 
 /// The helpdesk's GraphQL schema.
