@@ -187,6 +187,8 @@ pub struct Helpdesk {
     aggregate_turns: AggregateTurns,
     /// Figures for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// What subscribers of board changes receive.
+    pub board_changes: crate::realtime::Feed<crate::pipelines::BoardChange>,
 }
 
 impl Helpdesk {
@@ -221,6 +223,17 @@ impl Helpdesk {
         let (progress, mut tasks) = runners.start(&leases, shutdown.clone()).await?;
         tasks.extend(listener);
         tasks.extend(lease_task);
+        let board_watch = progress
+            .watch(projections::pipelines::PipelinesProjection::NAME)
+            .ok_or_else(|| anyhow::anyhow!("the pipelines projection is not running"))?;
+        let (board_changes, board_task) = crate::realtime::Feed::start(
+            db.clone(),
+            board_watch,
+            &["Pipelines", "Card"],
+            Arc::new(|db, event| Box::pin(crate::pipelines::board_change(db, event))),
+            shutdown.clone(),
+        );
+        tasks.push(board_task);
         let helpdesk = Self {
             tickets: CqrsFramework::new(event_store(&db), vec![], ()),
             divisions: CqrsFramework::new(event_store(&db), vec![], ()),
@@ -244,6 +257,7 @@ impl Helpdesk {
             consistency_timeout: config.consistency_timeout,
             aggregate_turns: AggregateTurns::new(1024),
             metrics,
+            board_changes,
         };
         let helpdesk = Arc::new(helpdesk);
         tasks.push(crate::assignment::AssignmentProcess::spawn(

@@ -34,6 +34,7 @@ pub mod helpdesk;
 pub mod outbox;
 pub mod pipeline_process;
 pub mod pipelines;
+pub mod realtime;
 pub mod reports;
 pub mod server;
 pub mod webhooks;

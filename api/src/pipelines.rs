@@ -482,3 +482,144 @@ pub(crate) fn home_ref(pipelines: &OrganizationPipelines, card: &Card) -> Option
         automation: vec![],
     })
 }
+
+/// What changed on a board, as `boardChanged` tells subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BoardChange {
+    /// The pipeline.
+    pub pipeline_id: String,
+    /// What happened.
+    pub kind: BoardChangeKind,
+    /// The card, for card changes.
+    pub card_id: Option<String>,
+    /// The stage a card left (moves) or the stage that changed (stage changes).
+    pub from_stage_id: Option<String>,
+    /// The stage a card entered or sits in.
+    pub to_stage_id: Option<String>,
+    /// The place asked for in the stage (0-based; `None`: last).
+    pub position: Option<u32>,
+    /// When it happened.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The event's position in the log.
+    pub log_position: i64,
+}
+
+/// The kinds of board change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BoardChangeKind {
+    /// A conversation was put on the board.
+    CardPlaced,
+    /// A card moved (to another stage, or within its own).
+    CardMoved,
+    /// A card's labels or automation outcome changed.
+    CardUpdated,
+    /// Stages were added, changed, reordered or removed.
+    StagesChanged,
+    /// The pipeline itself changed (name, archive, default).
+    PipelineChanged,
+}
+
+/// The board change an event of the log means, if any (the feed's translation).
+pub async fn board_change(
+    db: projections::Database,
+    event: projections::event_log::StoredEvent,
+) -> Option<crate::realtime::Published<BoardChange>> {
+    use domain::pipeline::{CardEvent, PipelinesEvent};
+    let mut change = BoardChange {
+        pipeline_id: String::new(),
+        kind: BoardChangeKind::PipelineChanged,
+        card_id: None,
+        from_stage_id: None,
+        to_stage_id: None,
+        position: None,
+        at: event.occurred_at(),
+        log_position: event.position(),
+    };
+    let organization = event.metadata.organization.clone();
+    match event.aggregate_type.as_str() {
+        "Pipelines" => {
+            let decoded: PipelinesEvent = event.decode().ok()?;
+            let (pipeline_id, kind, stage) = match decoded {
+                PipelinesEvent::PipelineCreated { pipeline_id, .. }
+                | PipelinesEvent::PipelineUpdated { pipeline_id, .. }
+                | PipelinesEvent::PipelineArchived { pipeline_id, .. }
+                | PipelinesEvent::DefaultPipelineSet { pipeline_id } => {
+                    (pipeline_id, BoardChangeKind::PipelineChanged, None)
+                }
+                PipelinesEvent::StageAdded {
+                    pipeline_id, stage, ..
+                }
+                | PipelinesEvent::StageUpdated { pipeline_id, stage } => (
+                    pipeline_id,
+                    BoardChangeKind::StagesChanged,
+                    Some(stage.stage_id),
+                ),
+                PipelinesEvent::StagesReordered { pipeline_id, .. } => {
+                    (pipeline_id, BoardChangeKind::StagesChanged, None)
+                }
+                PipelinesEvent::StageRemoved {
+                    pipeline_id,
+                    stage_id,
+                    cards_moved_to,
+                } => {
+                    change.to_stage_id = cards_moved_to;
+                    (pipeline_id, BoardChangeKind::StagesChanged, Some(stage_id))
+                }
+            };
+            change.pipeline_id = pipeline_id;
+            change.kind = kind;
+            change.from_stage_id = stage;
+        }
+        "Card" => {
+            let decoded: CardEvent = event.decode().ok()?;
+            change.card_id = Some(event.aggregate_id.clone());
+            match decoded {
+                CardEvent::CardPlaced {
+                    pipeline_id,
+                    stage_id,
+                    position,
+                    ..
+                } => {
+                    change.kind = BoardChangeKind::CardPlaced;
+                    change.pipeline_id = pipeline_id;
+                    change.to_stage_id = Some(stage_id);
+                    change.position = position;
+                    return Some(crate::realtime::Published {
+                        organization,
+                        message: change,
+                    });
+                }
+                CardEvent::CardMoved {
+                    from_stage_id,
+                    to_stage_id,
+                    position,
+                    ..
+                } => {
+                    change.kind = BoardChangeKind::CardMoved;
+                    change.from_stage_id = Some(from_stage_id);
+                    change.to_stage_id = Some(to_stage_id);
+                    change.position = position;
+                }
+                CardEvent::CardLabelAdded { .. }
+                | CardEvent::CardLabelRemoved { .. }
+                | CardEvent::CardAutomationRan { .. } => {
+                    change.kind = BoardChangeKind::CardUpdated;
+                }
+            }
+            // Later card events do not name the pipeline; the card's row does (the feed
+            // runs after the projection committed it).
+            let card = projections::pipelines::card(&db, &organization, &event.aggregate_id)
+                .await
+                .ok()??;
+            change.pipeline_id = card.pipeline_id;
+            if change.kind == BoardChangeKind::CardUpdated {
+                change.to_stage_id = Some(card.stage_id);
+            }
+        }
+        _ => return None,
+    }
+    Some(crate::realtime::Published {
+        organization,
+        message: change,
+    })
+}

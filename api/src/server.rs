@@ -1,10 +1,13 @@
 //! The HTTP server: GraphQL (`POST /graphql`, GraphiQL on `GET /graphql`), `/healthz`,
-//! `/readyz`, `/metrics`, the providers' webhooks (`/webhooks/...`), the chatbot CSV report
+//! `/readyz`, `/metrics`, subscriptions over graphql-transport-ws (`/graphql/ws`), the
+//! providers' webhooks (`/webhooks/...`), the chatbot CSV report
 //! (`/reports/chatbot/...`); graceful shutdown that drains requests before stopping the
 //! projection runners and closing the database.
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql::Data;
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -32,6 +35,8 @@ pub struct AppState {
     schema: HelpdeskSchema,
     keys: TokenKeys,
     ready_max_behind: i64,
+    /// Ends open subscriptions when the server stops.
+    shutdown: CancellationToken,
 }
 
 /// Runs the server until `shutdown` is cancelled, then drains and stops.
@@ -58,6 +63,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         helpdesk: helpdesk.clone(),
         keys,
         ready_max_behind: config.ready_max_behind,
+        shutdown: shutdown.clone(),
     };
     tracing::info!(%addr, backend = helpdesk.db.backend_name(), "helpdesk listening");
     println!("helpdesk listening on http://{addr}");
@@ -78,6 +84,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -90,7 +97,48 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .finish(),
+    )
+}
+
+/// Subscriptions. The caller is whoever the `authorization` of the `connection_init`
+/// payload names; a missing or bad token closes the connection, the close frame's reason
+/// starting with "unauthenticated".
+async fn graphql_ws(
+    State(state): State<AppState>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| async move {
+            let keys = state.keys.clone();
+            let connection = GraphQLWebSocket::new(socket, state.schema.clone(), protocol)
+                .on_connection_init(move |payload| async move {
+                    let authorization = payload
+                        .get("authorization")
+                        .or_else(|| payload.get("Authorization"))
+                        .and_then(|v| v.as_str());
+                    let caller = keys
+                        .authenticate(authorization)
+                        .map_err(|e| async_graphql::Error::new(format!("unauthenticated: {e}")))?;
+                    let mut data = Data::default();
+                    data.insert(RequestContext {
+                        caller: Ok(caller),
+                        request_id: uuid::Uuid::new_v4().to_string(),
+                    });
+                    Ok(data)
+                })
+                .serve();
+            tokio::select! {
+                _ = connection => {}
+                _ = state.shutdown.cancelled() => {}
+            }
+        })
 }
 
 async fn graphql(

@@ -8,6 +8,7 @@
 //! - [`bots`]: chatbots, their answers, active hours and ratings.
 //! - [`chatbot_report`]: the chatbot analytics report.
 //! - [`pipelines`]: pipelines, stages, the kanban board and its cards, pipeline analytics.
+//! - [`subscription`]: the subscriptions (`boardChanged`), fed by [`crate::realtime`].
 //!
 //! Each request carries a [`RequestContext`]: the authenticated caller (or why there is none)
 //! and a request id that ends up in the metadata of the events it causes.
@@ -18,9 +19,10 @@ pub mod conversations;
 pub mod mutation;
 pub mod pipelines;
 pub mod query;
+pub mod subscription;
 pub mod types;
 
-use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
+use async_graphql::{Context, MergedObject, Schema};
 use domain::Role;
 use std::sync::Arc;
 
@@ -48,7 +50,7 @@ pub struct MutationRoot(
 );
 
 /// The helpdesk's GraphQL schema.
-pub type HelpdeskSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type HelpdeskSchema = Schema<QueryRoot, MutationRoot, subscription::SubscriptionRoot>;
 
 /// Deepest query accepted.
 pub const MAX_DEPTH: usize = 12;
@@ -63,7 +65,7 @@ pub fn build_schema(helpdesk: Option<Arc<Helpdesk>>) -> HelpdeskSchema {
     let mut builder = Schema::build(
         QueryRoot::default(),
         MutationRoot::default(),
-        EmptySubscription,
+        subscription::SubscriptionRoot,
     )
     .limit_depth(MAX_DEPTH)
     .limit_complexity(MAX_COMPLEXITY);

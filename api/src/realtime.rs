@@ -1,0 +1,154 @@
+//! Real-time feeds for GraphQL subscriptions, across replicas.
+//!
+//! A [`Feed`] follows one projection's checkpoint as this process sees it — moved by the
+//! local runner when this replica holds the projection's lease, or by the checkpoint
+//! notifications of the replica that does (PostgreSQL LISTEN/NOTIFY; in-process on SQLite).
+//! Each time it moves, the feed reads the log's new events of the projection's aggregate
+//! types, turns each into a message (once per replica, not once per subscriber) and
+//! broadcasts it. So a message is published only after the projection that reflects it has
+//! committed: a client that refetches on a message sees the new state, whichever replica it
+//! is connected to.
+//!
+//! Subscribers hold a bounded buffer ([`BUFFER`] messages). A subscriber that falls behind
+//! loses the oldest messages and is told so ([`Delivery::Lagged`]) — it should refetch —
+//! while everyone else goes on unhindered: a slow client never holds up the feed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use projections::event_log::{self, Checkpoint, StoredEvent};
+use projections::Database;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Messages a subscriber may fall behind by before it is told to refetch.
+pub const BUFFER: usize = 1024;
+
+/// How many log events a feed reads per statement.
+const READ_BATCH: i64 = 500;
+
+/// A message of a feed, with the organization it belongs to (subscribers of other
+/// organizations never see it).
+#[derive(Debug, Clone)]
+pub struct Published<T> {
+    /// The organization.
+    pub organization: String,
+    /// The message.
+    pub message: T,
+}
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum Delivery<T> {
+    /// The next message.
+    Message(Arc<Published<T>>),
+    /// Messages were dropped because this subscriber read too slowly: refetch.
+    Lagged,
+}
+
+/// Turns a log event into the feed's message (`None`: nothing to tell).
+pub type Translate<T> = Arc<
+    dyn Fn(Database, StoredEvent) -> Pin<Box<dyn Future<Output = Option<Published<T>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// One feed: a log follower per process, broadcasting to any number of subscribers.
+pub struct Feed<T> {
+    sender: broadcast::Sender<Arc<Published<T>>>,
+}
+
+impl<T: Send + Sync + 'static> Feed<T> {
+    /// Starts following `checkpoint` (a projection's) from where it stands now, publishing
+    /// what `translate` makes of each new event of `aggregate_types`.
+    pub fn start(
+        db: Database,
+        mut checkpoint: watch::Receiver<Checkpoint>,
+        aggregate_types: &'static [&'static str],
+        translate: Translate<T>,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (sender, _) = broadcast::channel(BUFFER);
+        let publisher = sender.clone();
+        let task = tokio::spawn(async move {
+            let mut seen = *checkpoint.borrow_and_update();
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    changed = checkpoint.changed() => if changed.is_err() { return },
+                }
+                let target = *checkpoint.borrow_and_update();
+                if target <= seen {
+                    continue;
+                }
+                if publisher.receiver_count() == 0 {
+                    // Nobody listens: nothing to read.
+                    seen = target;
+                    continue;
+                }
+                match publish(&db, seen, target, aggregate_types, &translate, &publisher).await {
+                    Ok(()) => seen = target,
+                    Err(error) => {
+                        // Read again on the next move; subscribers lose nothing meanwhile.
+                        tracing::warn!(%error, "a real-time feed could not read the log");
+                    }
+                }
+            }
+        });
+        (Self { sender }, task)
+    }
+
+    /// A new subscriber's receiver: messages from now on.
+    pub fn subscribe(&self) -> Subscriber<T> {
+        Subscriber {
+            receiver: self.sender.subscribe(),
+        }
+    }
+}
+
+async fn publish<T>(
+    db: &Database,
+    mut after: Checkpoint,
+    target: Checkpoint,
+    aggregate_types: &[&str],
+    translate: &Translate<T>,
+    publisher: &broadcast::Sender<Arc<Published<T>>>,
+) -> Result<(), projections::DbError> {
+    loop {
+        let events = event_log::read_after(db, after, READ_BATCH).await?;
+        let fetched = events.len() as i64;
+        for event in events {
+            if event.checkpoint > target {
+                return Ok(());
+            }
+            after = event.checkpoint;
+            if !aggregate_types.contains(&event.aggregate_type.as_str()) {
+                continue;
+            }
+            if let Some(message) = translate(db.clone(), event).await {
+                // No receiver left is not an error: the message had nobody to reach.
+                let _ = publisher.send(Arc::new(message));
+            }
+        }
+        if fetched < READ_BATCH || after >= target {
+            return Ok(());
+        }
+    }
+}
+
+/// One subscriber's end of a feed.
+pub struct Subscriber<T> {
+    receiver: broadcast::Receiver<Arc<Published<T>>>,
+}
+
+impl<T: Send + Sync + 'static> Subscriber<T> {
+    /// The next delivery; `None` once the feed stopped.
+    pub async fn next(&mut self) -> Option<Delivery<T>> {
+        match self.receiver.recv().await {
+            Ok(message) => Some(Delivery::Message(message)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some(Delivery::Lagged),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    }
+}
