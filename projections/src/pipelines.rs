@@ -317,12 +317,16 @@ async fn apply_card(tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
             let rank = rank_for(tx, &pipeline_id, &to_stage_id, card_id, position).await?;
             if from_stage_id == to_stage_id {
                 on_backend!(tx, |t| {
-                    sqlx::query("UPDATE board_cards SET rank = $2, version = $3 WHERE id = $1")
-                        .bind(card_id)
-                        .bind(rank)
-                        .bind(event.sequence)
-                        .execute(&mut **t)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE board_cards SET rank = $2, moved_by = $3, version = $4
+                          WHERE id = $1",
+                    )
+                    .bind(card_id)
+                    .bind(rank)
+                    .bind(&actor.id)
+                    .bind(event.sequence)
+                    .execute(&mut **t)
+                    .await?;
                 });
                 return Ok(());
             }
@@ -914,7 +918,7 @@ pub async fn analytics(
         sqlx::query_as(
             "SELECT h.to_stage_id, COUNT(*),
                     SUM(CASE WHEN ns.position > s.position THEN 1 ELSE 0 END),
-                    SUM(n.seconds_in_previous), COUNT(n.card_id)
+                    CAST(SUM(n.seconds_in_previous) AS BIGINT), COUNT(n.card_id)
                FROM card_stage_history h
                JOIN pipeline_stages s ON s.id = h.to_stage_id
                LEFT JOIN card_stage_history n ON n.card_id = h.card_id AND n.entry = h.entry + 1
