@@ -189,6 +189,8 @@ pub struct Helpdesk {
     pub metrics: Arc<Metrics>,
     /// What subscribers of board changes receive.
     pub board_changes: crate::realtime::Feed<crate::pipelines::BoardChange>,
+    /// What subscribers of queues and of their own tickets receive.
+    pub ticket_changes: crate::realtime::Feed<crate::realtime::TicketChange>,
 }
 
 impl Helpdesk {
@@ -234,6 +236,17 @@ impl Helpdesk {
             shutdown.clone(),
         );
         tasks.push(board_task);
+        let tickets_watch = progress
+            .watch(TicketsProjection.name())
+            .ok_or_else(|| anyhow::anyhow!("the tickets projection is not running"))?;
+        let (ticket_changes, tickets_task) = crate::realtime::Feed::start(
+            db.clone(),
+            tickets_watch,
+            &["Ticket"],
+            Arc::new(|db, event| Box::pin(crate::realtime::ticket_change(db, event))),
+            shutdown.clone(),
+        );
+        tasks.push(tickets_task);
         let helpdesk = Self {
             tickets: CqrsFramework::new(event_store(&db), vec![], ()),
             divisions: CqrsFramework::new(event_store(&db), vec![], ()),
@@ -258,6 +271,7 @@ impl Helpdesk {
             aggregate_turns: AggregateTurns::new(1024),
             metrics,
             board_changes,
+            ticket_changes,
         };
         let helpdesk = Arc::new(helpdesk);
         tasks.push(crate::assignment::AssignmentProcess::spawn(

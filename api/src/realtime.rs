@@ -152,3 +152,74 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
         }
     }
 }
+
+/// A change of a ticket, as the ticket feeds (`queueUpdated`, `myTickets`) tell it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TicketChange {
+    /// The ticket.
+    pub ticket_id: String,
+    /// Its division (`None`: the queue of tickets without one).
+    pub division_id: Option<String>,
+    /// The event (`TicketAssigned`, ...).
+    pub event_type: String,
+    /// The agents it concerns: the holder after it and, for a change of holder, the one
+    /// before.
+    pub agents: Vec<String>,
+    /// Whether the division's queue changed (a ticket joined, left or changed priority
+    /// while waiting).
+    pub queue_changed: bool,
+    /// When it happened.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The event's position in the log.
+    pub log_position: i64,
+}
+
+/// The ticket change an event of the log means (the ticket feed's translation).
+pub async fn ticket_change(db: Database, event: StoredEvent) -> Option<Published<TicketChange>> {
+    use domain::ticket::TicketEvent;
+    let organization = event.metadata.organization.clone();
+    let decoded: TicketEvent = event.decode().ok()?;
+    // The division and the current holder come from the row the projection committed.
+    let row = projections::tickets::ticket(&db, &organization, &event.aggregate_id)
+        .await
+        .ok()??;
+    let queued = row.status == domain::ticket::TicketStatus::Queued.as_str();
+    let (agents, queue_changed) = match &decoded {
+        TicketEvent::TicketCreated { .. } => (vec![], true),
+        TicketEvent::TicketAssigned {
+            agent_id,
+            previous_agent_id,
+            ..
+        } => (
+            std::iter::once(agent_id.clone())
+                .chain(previous_agent_id.clone())
+                .collect(),
+            // Taken from the queue (a reassignment leaves the queue as it was).
+            previous_agent_id.is_none(),
+        ),
+        TicketEvent::TicketRequeued { agent_id } => (vec![agent_id.clone()], true),
+        TicketEvent::TicketStarted { agent_id } => (vec![agent_id.clone()], false),
+        TicketEvent::TicketResolved { agent_id, .. } => (agent_id.iter().cloned().collect(), false),
+        TicketEvent::TicketReopened {
+            previous_agent_id, ..
+        } => (previous_agent_id.iter().cloned().collect(), true),
+        TicketEvent::TicketPriorityChanged { .. } => {
+            (row.assignee_id.iter().cloned().collect(), queued)
+        }
+        TicketEvent::TicketClosed
+        | TicketEvent::CommentAdded { .. }
+        | TicketEvent::TicketRated { .. } => (row.assignee_id.iter().cloned().collect(), false),
+    };
+    Some(Published {
+        organization,
+        message: TicketChange {
+            ticket_id: event.aggregate_id.clone(),
+            division_id: row.division_id,
+            event_type: event.event_type.clone(),
+            agents,
+            queue_changed,
+            at: event.occurred_at(),
+            log_position: event.position(),
+        },
+    })
+}

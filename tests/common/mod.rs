@@ -6,6 +6,8 @@
 //! missing or unreachable PostgreSQL is a failure, not a skip.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use serde_json::{json, Value};
 use std::process::Stdio;
 use std::time::Duration;

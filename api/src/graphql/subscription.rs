@@ -3,15 +3,16 @@
 //! helpdesk's real-time feeds ([`crate::realtime`]) and passes on only what belongs to the
 //! caller's organization.
 
-use async_graphql::{Context, Enum, SimpleObject, Subscription, ID};
+use async_graphql::{ComplexObject, Context, Enum, SimpleObject, Subscription, ID};
 use chrono::{DateTime, Utc};
 use domain::Role;
 use futures::Stream;
 
+use super::types::Ticket;
 use super::{caller_in, helpdesk, parse_uuid};
 use crate::error::ApiError;
 use crate::pipelines::{BoardChange as Change, BoardChangeKind as ChangeKind};
-use crate::realtime::Delivery;
+use crate::realtime::{Delivery, Subscriber, TicketChange};
 
 /// What happened on a board.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -78,6 +79,103 @@ impl From<&Change> for BoardChange {
     }
 }
 
+/// A change of a ticket; refetch what shows it (or read `ticket`, its state now).
+#[derive(SimpleObject, Clone)]
+#[graphql(complex)]
+pub struct TicketUpdate {
+    /// The ticket (null for a refetch).
+    pub ticket_id: Option<ID>,
+    /// The event: `TicketCreated`, `TicketAssigned`, ... (`REFETCH`: changes were missed
+    /// because this subscriber read too slowly).
+    pub change: String,
+    /// When it happened (null for a refetch).
+    pub at: Option<DateTime<Utc>>,
+    /// The event's position in the log (null for a refetch).
+    pub log_position: Option<i64>,
+    #[graphql(skip)]
+    organization: String,
+}
+
+#[ComplexObject]
+impl TicketUpdate {
+    /// The ticket as it is now.
+    async fn ticket(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Ticket>> {
+        let Some(id) = &self.ticket_id else {
+            return Ok(None);
+        };
+        let record = projections::tickets::ticket(&helpdesk(ctx)?.db, &self.organization, id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(record.map(Ticket::from_record).transpose()?)
+    }
+}
+
+impl TicketUpdate {
+    fn of(change: &TicketChange, organization: &str) -> Self {
+        Self {
+            ticket_id: Some(ID(change.ticket_id.clone())),
+            change: change.event_type.clone(),
+            at: Some(change.at),
+            log_position: Some(change.log_position),
+            organization: organization.to_string(),
+        }
+    }
+
+    fn refetch(organization: &str) -> Self {
+        Self {
+            ticket_id: None,
+            change: "REFETCH".into(),
+            at: None,
+            log_position: None,
+            organization: organization.to_string(),
+        }
+    }
+}
+
+/// A change of a division's queue: a ticket joined, left or changed priority.
+#[derive(SimpleObject, Clone)]
+pub struct QueueUpdate {
+    /// The division (null: the queue of tickets without one).
+    pub division_id: Option<ID>,
+    /// What changed.
+    #[graphql(flatten)]
+    pub update: TicketUpdate,
+}
+
+/// The deliveries of a feed that `keep` accepts for the caller's organization, as a stream;
+/// a lag becomes `lagged()`.
+fn deliveries<T, U>(
+    subscriber: Subscriber<T>,
+    organization: String,
+    keep: impl Fn(&T) -> Option<U> + Send + Sync + 'static,
+    lagged: impl Fn() -> U + Send + Sync + 'static,
+) -> impl Stream<Item = U>
+where
+    T: Send + Sync + 'static,
+    U: Send + 'static,
+{
+    let keep = std::sync::Arc::new(keep);
+    let lagged = std::sync::Arc::new(lagged);
+    futures::stream::unfold(subscriber, move |mut subscriber| {
+        let organization = organization.clone();
+        let keep = keep.clone();
+        let lagged = lagged.clone();
+        async move {
+            loop {
+                match subscriber.next().await? {
+                    Delivery::Lagged => return Some((lagged(), subscriber)),
+                    Delivery::Message(published) if published.organization == organization => {
+                        if let Some(item) = keep(&published.message) {
+                            return Some((item, subscriber));
+                        }
+                    }
+                    Delivery::Message(_) => {}
+                }
+            }
+        }
+    })
+}
+
 /// Every subscription.
 #[derive(Default)]
 pub struct SubscriptionRoot;
@@ -104,39 +202,91 @@ impl SubscriptionRoot {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound("pipeline not found".into()))?;
-        let organization = caller.organization.clone();
-        Ok(futures::stream::unfold(
+        Ok(deliveries(
             subscriber,
-            move |mut subscriber| {
-                let organization = organization.clone();
+            caller.organization.clone(),
+            {
                 let pipeline_id = pipeline_id.clone();
-                async move {
-                    loop {
-                        match subscriber.next().await? {
-                            Delivery::Lagged => {
-                                let refetch = BoardChange {
-                                    pipeline_id: ID(pipeline_id.clone()),
-                                    kind: BoardChangeKind::Refetch,
-                                    card_id: None,
-                                    from_stage_id: None,
-                                    to_stage_id: None,
-                                    position: None,
-                                    at: None,
-                                    log_position: None,
-                                };
-                                return Some((refetch, subscriber));
-                            }
-                            Delivery::Message(published)
-                                if published.organization == organization
-                                    && published.message.pipeline_id == pipeline_id =>
-                            {
-                                return Some((BoardChange::from(&published.message), subscriber));
-                            }
-                            Delivery::Message(_) => {}
-                        }
-                    }
+                move |change: &Change| {
+                    (change.pipeline_id == pipeline_id).then(|| BoardChange::from(change))
                 }
             },
+            move || BoardChange {
+                pipeline_id: ID(pipeline_id.clone()),
+                kind: BoardChangeKind::Refetch,
+                card_id: None,
+                from_stage_id: None,
+                to_stage_id: None,
+                position: None,
+                at: None,
+                log_position: None,
+            },
+        ))
+    }
+
+    /// Changes of a division's queue (`divisionId` omitted: the queue of tickets without a
+    /// division), sent once the queue shows them (admins, agents, analysts).
+    async fn queue_updated(
+        &self,
+        ctx: &Context<'_>,
+        division_id: Option<ID>,
+    ) -> async_graphql::Result<impl Stream<Item = QueueUpdate>> {
+        let caller = caller_in(
+            ctx,
+            &[Role::Admin, Role::Agent, Role::Analyst],
+            "read queues",
+        )?;
+        let helpdesk = helpdesk(ctx)?;
+        let division_id = division_id
+            .map(|d| parse_uuid(&d, "division"))
+            .transpose()?;
+        let subscriber = helpdesk.ticket_changes.subscribe();
+        if let Some(division) = &division_id {
+            helpdesk
+                .ensure_division(&caller.organization, division)
+                .await?;
+        }
+        let organization = caller.organization.clone();
+        let refetch_division = division_id.clone();
+        let refetch_organization = organization.clone();
+        Ok(deliveries(
+            subscriber,
+            organization.clone(),
+            move |change: &TicketChange| {
+                (change.queue_changed && change.division_id == division_id).then(|| QueueUpdate {
+                    division_id: change.division_id.clone().map(ID),
+                    update: TicketUpdate::of(change, &organization),
+                })
+            },
+            move || QueueUpdate {
+                division_id: refetch_division.clone().map(ID),
+                update: TicketUpdate::refetch(&refetch_organization),
+            },
+        ))
+    }
+
+    /// Changes of the calling agent's tickets: assigned to or taken from them, started,
+    /// resolved, reopened, commented... (agents; every ticket stays the holder's own).
+    async fn my_tickets(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = TicketUpdate>> {
+        let caller = caller_in(ctx, &[Role::Agent], "follow their own tickets")?;
+        let helpdesk = helpdesk(ctx)?;
+        let subscriber = helpdesk.ticket_changes.subscribe();
+        let organization = caller.organization.clone();
+        let agent = caller.actor.id.clone();
+        let refetch_organization = organization.clone();
+        Ok(deliveries(
+            subscriber,
+            organization.clone(),
+            move |change: &TicketChange| {
+                change
+                    .agents
+                    .contains(&agent)
+                    .then(|| TicketUpdate::of(change, &organization))
+            },
+            move || TicketUpdate::refetch(&refetch_organization),
         ))
     }
 }

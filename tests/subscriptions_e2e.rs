@@ -9,93 +9,18 @@
 
 mod common;
 
+use common::ws::{connect, next_change, subscribe, Socket, WITHIN};
 use common::{admin, Server, TestDb};
-use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-const WITHIN: Duration = Duration::from_secs(1);
-
-/// Opens `/graphql/ws` with the graphql-transport-ws subprotocol and sends
-/// `connection_init` carrying `token`; returns the socket and the first server frame.
-async fn connect(server: &Server, token: Option<&str>) -> (Socket, Option<Message>) {
-    let url = format!("{}/graphql/ws", server.base_url.replacen("http", "ws", 1));
-    let mut request = url.into_client_request().expect("request");
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        "graphql-transport-ws".parse().expect("header"),
-    );
-    let (mut socket, response) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket handshake");
-    assert_eq!(
-        response
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok()),
-        Some("graphql-transport-ws")
-    );
-    let payload = match token {
-        Some(t) => json!({ "authorization": format!("Bearer {t}") }),
-        None => json!({}),
-    };
-    socket
-        .send(Message::text(
-            json!({ "type": "connection_init", "payload": payload }).to_string(),
-        ))
-        .await
-        .expect("send init");
-    let first = tokio::time::timeout(Duration::from_secs(5), socket.next())
-        .await
-        .expect("no answer to connection_init")
-        .and_then(Result::ok);
-    (socket, first)
-}
+const BOARD: &str = "subscription($p: ID!) { boardChanged(pipelineId: $p) {
+    pipelineId kind cardId fromStageId toStageId position at logPosition } }";
 
 /// A subscriber of `boardChanged(pipelineId)`.
-async fn subscribe(server: &Server, token: &str, pipeline_id: &str) -> Socket {
-    let (mut socket, ack) = connect(server, Some(token)).await;
-    let ack: Value =
-        serde_json::from_str(ack.expect("ack").to_text().expect("text")).expect("json");
-    assert_eq!(ack["type"], "connection_ack");
-    socket
-        .send(Message::text(
-            json!({ "id": "1", "type": "subscribe", "payload": {
-                "query": "subscription($p: ID!) { boardChanged(pipelineId: $p) {
-                    pipelineId kind cardId fromStageId toStageId position at logPosition } }",
-                "variables": { "p": pipeline_id } } })
-            .to_string(),
-        ))
-        .await
-        .expect("subscribe");
-    socket
-}
-
-/// The next `next` payload of subscription "1" within `wait`, or `None`.
-async fn next_change(socket: &mut Socket, wait: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let frame = tokio::time::timeout_at(deadline, socket.next())
-            .await
-            .ok()??
-            .ok()?;
-        let Message::Text(text) = frame else { continue };
-        let message: Value = serde_json::from_str(&text).expect("json");
-        match message["type"].as_str() {
-            Some("next") => return Some(message["payload"].clone()),
-            Some("ping") => {
-                let _ = socket
-                    .send(Message::text(json!({ "type": "pong" }).to_string()))
-                    .await;
-            }
-            _ => return Some(message),
-        }
-    }
+async fn watch_board(server: &Server, token: &str, pipeline_id: &str) -> Socket {
+    subscribe(server, token, BOARD, json!({ "p": pipeline_id })).await
 }
 
 /// A pipeline with stages "New" and "Won", and a conversation; returns their ids.
@@ -193,15 +118,15 @@ async fn board_changes_reach_subscribers_of_the_organization_only() {
                 .is_none());
         }
 
-        let mut watcher = subscribe(&server, &admin, &pipeline).await;
-        let mut outsider = subscribe(
+        let mut watcher = watch_board(&server, &admin, &pipeline).await;
+        let mut outsider = watch_board(
             &server,
             &Server::token("globex", "admin", "boss"),
             &other_pipeline,
         )
         .await;
         // Another organization cannot watch this board.
-        let mut trespasser = subscribe(
+        let mut trespasser = watch_board(
             &server,
             &Server::token("globex", "admin", "boss"),
             &pipeline,
@@ -270,7 +195,7 @@ async fn a_change_on_one_replica_reaches_a_subscriber_of_another() {
     let admin = admin();
     let (pipeline, _, won, conversation) = board(&first, "acme", "+6281100003").await;
     let card = place(&first, &admin, &pipeline, &conversation).await;
-    let mut watcher = subscribe(&second, &admin, &pipeline).await;
+    let mut watcher = watch_board(&second, &admin, &pipeline).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     move_card(&first, &admin, &card, &won).await;
     let moved = next_change(&mut watcher, WITHIN)
@@ -280,4 +205,107 @@ async fn a_change_on_one_replica_reaches_a_subscriber_of_another() {
     assert_eq!(moved["data"]["boardChanged"]["cardId"], card.as_str());
     first.stop().await;
     second.stop().await;
+}
+
+const QUEUE: &str = "subscription($d: ID) { queueUpdated(divisionId: $d) {
+    divisionId ticketId change at logPosition ticket { id status assigneeId } } }";
+const MINE: &str = "subscription { myTickets { ticketId change ticket { id status assigneeId } } }";
+
+async fn assign(server: &Server, ticket: &str, agent: &str) {
+    server
+        .data(
+            &admin(),
+            "mutation($id: ID!, $a: ID!) { assignTicket(id: $id, agentId: $a) { id } }",
+            json!({ "id": ticket, "a": agent }),
+        )
+        .await;
+}
+
+/// The next message's `data.<field>`, or a panic naming what was awaited.
+async fn expect_change(socket: &mut Socket, field: &str, what: &str) -> serde_json::Value {
+    let payload = next_change(socket, WITHIN)
+        .await
+        .unwrap_or_else(|| panic!("no {what} within a second"));
+    payload["data"][field].clone()
+}
+
+async fn expect_silence(socket: &mut Socket, what: &str) {
+    if let Some(message) = next_change(socket, Duration::from_millis(400)).await {
+        panic!("{what} received {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ticket_changes_reach_queue_watchers_and_their_agents_only() {
+    for db in TestDb::all().await {
+        let server = Server::start(&db).await;
+        let admin = admin();
+        server.register_agents(&admin, &["ann", "bob"]).await;
+        // Claim mode: tickets wait in the queue until someone takes them.
+        let division = server
+            .data(
+                &admin,
+                "mutation { createDivision(input: { name: \"Billing\", assignmentMode: CLAIM }) { id } }",
+                json!({}),
+            )
+            .await["createDivision"]["id"]
+            .as_str()
+            .expect("division")
+            .to_string();
+        let mut queue = subscribe(&server, &admin, QUEUE, json!({ "d": division })).await;
+        let mut ann = subscribe(&server, &common::agent("ann"), MINE, json!({})).await;
+        let mut bob = subscribe(&server, &common::agent("bob"), MINE, json!({})).await;
+        let outsider_token = Server::token("globex", "admin", "boss");
+        let mut outsider = subscribe(&server, &outsider_token, QUEUE, json!({ "d": null })).await;
+        let mut trespasser =
+            subscribe(&server, &outsider_token, QUEUE, json!({ "d": division })).await;
+        let refused = next_change(&mut trespasser, Duration::from_secs(5))
+            .await
+            .expect("an answer");
+        // As for the `queue` query: a division of another organization is unknown here.
+        assert_eq!(refused["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+        let mut analyst = subscribe(
+            &server,
+            &Server::token("acme", "analyst", "ana"),
+            MINE,
+            json!({}),
+        )
+        .await;
+        let refused = next_change(&mut analyst, Duration::from_secs(5))
+            .await
+            .expect("an answer");
+        assert_eq!(refused["errors"][0]["extensions"]["code"], "FORBIDDEN");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let ticket = server
+            .create_ticket_id_with(
+                &admin,
+                json!({ "subject": "Tagihan ganda", "divisionId": division }),
+            )
+            .await;
+        let created = expect_change(&mut queue, "queueUpdated", "TicketCreated").await;
+        assert_eq!(created["change"], "TicketCreated", "{:?}", db.backend);
+        assert_eq!(created["ticketId"], ticket.as_str());
+        assert_eq!(created["divisionId"], division.as_str());
+        assert_eq!(created["ticket"]["status"], "QUEUED");
+
+        assign(&server, &ticket, "ann").await;
+        let taken = expect_change(&mut queue, "queueUpdated", "the queue's TicketAssigned").await;
+        assert_eq!(taken["change"], "TicketAssigned");
+        let mine = expect_change(&mut ann, "myTickets", "ann's TicketAssigned").await;
+        assert_eq!(mine["ticketId"], ticket.as_str());
+        assert_eq!(mine["ticket"]["assigneeId"], "ann");
+        expect_silence(&mut bob, "bob, holding nothing,").await;
+
+        // A reassignment concerns both agents and leaves the queue as it was.
+        assign(&server, &ticket, "bob").await;
+        let lost = expect_change(&mut ann, "myTickets", "ann losing the ticket").await;
+        assert_eq!(lost["change"], "TicketAssigned");
+        assert_eq!(lost["ticket"]["assigneeId"], "bob");
+        let got = expect_change(&mut bob, "myTickets", "bob's TicketAssigned").await;
+        assert_eq!(got["ticketId"], ticket.as_str());
+        expect_silence(&mut queue, "the queue watcher, for a reassignment,").await;
+        expect_silence(&mut outsider, "another organization's queue watcher").await;
+        server.stop().await;
+    }
 }
