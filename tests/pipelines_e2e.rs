@@ -1506,3 +1506,78 @@ async fn other_organizations_see_nothing_and_roles_are_enforced() {
         server.stop().await;
     }
 }
+
+/// Users move cards out of a stage just removed while the pipeline process moves that
+/// stage's cards on: a user's move always stands (the process's move is conditional on the
+/// card still being in the removed stage).
+#[tokio::test(flavor = "multi_thread")]
+async fn moving_cards_out_of_a_removed_stage_is_never_undone_by_the_process() {
+    for db in TestDb::all().await {
+        let server = Server::start(&db).await;
+        let admin = admin();
+        let sales = id_of(&create_pipeline(&server, &admin, "Sales").await);
+        let a = stage(&server, &sales, "A").await;
+        let removed = stage(&server, &sales, "R").await;
+        let b = stage(&server, &sales, "B").await;
+        let mut cards = Vec::new();
+        for i in 0..40 {
+            let conversation = say(&server, &format!("+6289{i:04}"), "P", "halo").await;
+            cards.push(id_of(
+                &place(&server, &sales, &id_of(&conversation), Some(&removed), None).await,
+            ));
+        }
+        let response = server
+            .graphql(
+                Some(&admin),
+                "mutation($s: ID!, $to: ID) { removeStage(stageId: $s, moveCardsTo: $to) { id } }",
+                json!({ "s": removed, "to": a }),
+            )
+            .await;
+        assert!(response.get("errors").is_none(), "{response}");
+        let tokens = [admin.clone(), agent("sari")];
+        let moves = cards.iter().enumerate().map(|(i, id)| {
+            let (server, tokens, b) = (&server, &tokens, &b);
+            async move { move_raw(server, &tokens[i % 2], id, b, None).await }
+        });
+        for response in join_all(moves).await {
+            assert!(
+                response.get("errors").is_none(),
+                "{:?}: {response}",
+                db.backend
+            );
+        }
+        // Wait until the process has nothing left in the removed stage, then look.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let board = server
+                .data(&admin, BOARD, json!({ "p": sales, "f": null, "n": 100 }))
+                .await;
+            let live: i64 = board["board"]["stages"]
+                .as_array()
+                .expect("stages")
+                .iter()
+                .map(|s| s["count"].as_i64().unwrap_or(0))
+                .sum();
+            if live == 40 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}: cards still in the removed stage",
+                db.backend
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for id in &cards {
+            let card = card(&server, &admin, id).await;
+            assert_eq!(
+                card["stageId"],
+                b.as_str(),
+                "{:?}: a user's move was undone: {}",
+                db.backend,
+                card["history"]
+            );
+        }
+        server.stop().await;
+    }
+}

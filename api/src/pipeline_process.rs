@@ -118,9 +118,9 @@ async fn rehome(helpdesk: &Helpdesk, organization: &str, card_id: &str) -> ApiRe
         .on_card(
             &origin(organization, card_id),
             card_id,
-            CardAction::Move {
+            CardAction::Rehome {
+                from_stage_id: card.stage_id().to_string(),
                 stage: home,
-                position: None,
             },
             "rehomeCard",
             Wait::No,
@@ -144,6 +144,12 @@ async fn automate(helpdesk: &Helpdesk, organization: &str, card_id: &str) -> Api
     .and_then(|c| c.ticket_id);
     let mut outcomes = Vec::with_capacity(owed.steps.len());
     for step in owed.steps {
+        // A move meanwhile supersedes this entry: its remaining steps must not touch the
+        // ticket any more (and nothing is recorded for it).
+        let now = helpdesk.load_card(organization, card_id).await?;
+        if now.pending_automation().map(|p| p.entry) != Some(owed.entry) {
+            return Ok(());
+        }
         let result = run_step(helpdesk, &origin, ticket_id.as_deref(), &step).await;
         let outcome = match result {
             Ok(()) => AutomationOutcome {

@@ -807,6 +807,14 @@ pub enum CardAction {
         /// Its place in the target stage (0-based; `None`: at the end).
         position: Option<u32>,
     },
+    /// Moves the card on from a removed stage (the pipeline process): nothing happens when
+    /// the card has left `from_stage_id` meanwhile, so a user's later move always stands.
+    Rehome {
+        /// The removed stage the card was found in.
+        from_stage_id: String,
+        /// Where the removed stage's cards go.
+        stage: StageRef,
+    },
     /// Adds a label.
     AddLabel {
         /// The label.
@@ -1004,6 +1012,27 @@ impl Aggregate for Card {
                     } else {
                         vec![]
                     },
+                }
+            }
+            CardAction::Rehome {
+                from_stage_id,
+                stage,
+            } => {
+                self.require(&command.organization)?;
+                if self.stage_id != from_stage_id || stage.stage_id == self.stage_id {
+                    return Ok(());
+                }
+                if stage.pipeline_id != self.pipeline_id {
+                    return Err(invalid(
+                        "the stage belongs to another pipeline than the card",
+                    ));
+                }
+                CardEvent::CardMoved {
+                    from_stage_id,
+                    entry: self.entry + 1,
+                    to_stage_id: stage.stage_id,
+                    position: None,
+                    automation: stage.automation,
                 }
             }
             CardAction::AddLabel { label: wanted } => {

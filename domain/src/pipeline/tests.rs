@@ -597,3 +597,36 @@ fn labels_are_added_once_and_removed_quietly() {
         ))
         .then_expect_events(vec![]);
 }
+
+#[test]
+fn a_rehome_moves_only_a_card_still_in_the_removed_stage() {
+    let rehome = card_command(
+        Role::Service,
+        CardAction::Rehome {
+            from_stage_id: "a".into(),
+            stage: stage_ref("p", "c", vec![]),
+        },
+    );
+    cards()
+        .given(vec![placed()])
+        .when(rehome.clone())
+        .then_expect_events(vec![CardEvent::CardMoved {
+            from_stage_id: "a".into(),
+            to_stage_id: "c".into(),
+            position: None,
+            entry: 2,
+            automation: vec![],
+        }]);
+    // A user moved it out first: their move stands.
+    let moved_by_user = CardEvent::CardMoved {
+        from_stage_id: "a".into(),
+        to_stage_id: "b".into(),
+        position: None,
+        entry: 2,
+        automation: vec![],
+    };
+    cards()
+        .given(vec![placed(), moved_by_user])
+        .when(rehome)
+        .then_expect_events(vec![]);
+}
