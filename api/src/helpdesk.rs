@@ -92,6 +92,7 @@ pub fn all_projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(BotsProjection),
         Arc::new(ChatbotAnalyticsProjection),
         Arc::new(projections::pipelines::PipelinesProjection),
+        Arc::new(projections::notifications::NotificationsProjection),
     ]
 }
 
@@ -174,6 +175,12 @@ pub struct Helpdesk {
     pub(crate) pipeline_history: EventStore<OrganizationPipelines>,
     pub(crate) cards: CqrsFramework<Card, EventStore<Card>>,
     pub(crate) card_history: EventStore<Card>,
+    pub(crate) notifications: CqrsFramework<
+        domain::notification::Notification,
+        EventStore<domain::notification::Notification>,
+    >,
+    pub(crate) inboxes:
+        CqrsFramework<domain::notification::Inbox, EventStore<domain::notification::Inbox>>,
     /// Which replica runs what.
     pub leases: Leases,
     /// How far the assignment process (when it runs here) has reconciled the log.
@@ -191,6 +198,11 @@ pub struct Helpdesk {
     pub board_changes: crate::realtime::Feed<crate::pipelines::BoardChange>,
     /// What subscribers of queues and of their own tickets receive.
     pub ticket_changes: crate::realtime::Feed<crate::realtime::TicketChange>,
+    /// What subscribers of their notifications receive.
+    pub notifications_added:
+        crate::realtime::Feed<Vec<projections::notifications::NotificationRecord>>,
+    /// What subscribers of a conversation's messages receive.
+    pub conversation_messages: crate::realtime::Feed<crate::realtime::ConversationMessage>,
 }
 
 impl Helpdesk {
@@ -247,6 +259,28 @@ impl Helpdesk {
             shutdown.clone(),
         );
         tasks.push(tickets_task);
+        let notifications_watch = progress
+            .watch(projections::notifications::NotificationsProjection::NAME)
+            .ok_or_else(|| anyhow::anyhow!("the notifications projection is not running"))?;
+        let (notifications_added, notifications_task) = crate::realtime::Feed::start(
+            db.clone(),
+            notifications_watch,
+            &["Ticket", "Conversation"],
+            Arc::new(|db, event| Box::pin(crate::realtime::notifications_added(db, event))),
+            shutdown.clone(),
+        );
+        tasks.push(notifications_task);
+        let conversations_watch = progress
+            .watch(ConversationsProjection.name())
+            .ok_or_else(|| anyhow::anyhow!("the conversations projection is not running"))?;
+        let (conversation_messages, conversations_task) = crate::realtime::Feed::start(
+            db.clone(),
+            conversations_watch,
+            &["Conversation"],
+            Arc::new(|db, event| Box::pin(crate::realtime::conversation_message(db, event))),
+            shutdown.clone(),
+        );
+        tasks.push(conversations_task);
         let helpdesk = Self {
             tickets: CqrsFramework::new(event_store(&db), vec![], ()),
             divisions: CqrsFramework::new(event_store(&db), vec![], ()),
@@ -261,6 +295,8 @@ impl Helpdesk {
             pipeline_history: event_store(&db),
             cards: CqrsFramework::new(event_store(&db), vec![], ()),
             card_history: event_store(&db),
+            notifications: CqrsFramework::new(event_store(&db), vec![], ()),
+            inboxes: CqrsFramework::new(event_store(&db), vec![], ()),
             leases,
             assignment_progress: tokio::sync::watch::channel(projections::Checkpoint::START).0,
             db,
@@ -272,6 +308,8 @@ impl Helpdesk {
             metrics,
             board_changes,
             ticket_changes,
+            notifications_added,
+            conversation_messages,
         };
         let helpdesk = Arc::new(helpdesk);
         tasks.push(crate::assignment::AssignmentProcess::spawn(
@@ -774,6 +812,8 @@ fn noun(aggregate_type: &str) -> &'static str {
         "QueueSettings" => "queue settings",
         "Pipelines" => "pipeline",
         "Card" => "card",
+        "Notification" => "notification",
+        "Inbox" => "notifications",
         _ => "ticket",
     }
 }

@@ -31,6 +31,7 @@ pub mod conversations;
 pub mod error;
 pub mod graphql;
 pub mod helpdesk;
+pub mod notifications;
 pub mod outbox;
 pub mod pipeline_process;
 pub mod pipelines;

@@ -223,3 +223,46 @@ pub async fn ticket_change(db: Database, event: StoredEvent) -> Option<Published
         },
     })
 }
+
+/// The notifications an event of the log caused (the notification feed's translation).
+pub async fn notifications_added(
+    db: Database,
+    event: StoredEvent,
+) -> Option<Published<Vec<projections::notifications::NotificationRecord>>> {
+    let rows = projections::notifications::caused_by(&db, event.position())
+        .await
+        .ok()?;
+    (!rows.is_empty()).then(|| Published {
+        organization: event.metadata.organization.clone(),
+        message: rows,
+    })
+}
+
+/// A message added to a conversation (the conversation feed's message).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConversationMessage {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The message.
+    pub message_id: String,
+}
+
+/// The conversation message an event of the log added, if any.
+pub async fn conversation_message(
+    _db: Database,
+    event: StoredEvent,
+) -> Option<Published<ConversationMessage>> {
+    use domain::conversation::ConversationEvent;
+    let message_id = match event.decode::<ConversationEvent>().ok()? {
+        ConversationEvent::MessageReceived { message_id, .. }
+        | ConversationEvent::OutboundMessageQueued { message_id, .. } => message_id,
+        _ => return None,
+    };
+    Some(Published {
+        organization: event.metadata.organization.clone(),
+        message: ConversationMessage {
+            conversation_id: event.aggregate_id.clone(),
+            message_id,
+        },
+    })
+}

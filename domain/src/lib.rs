@@ -20,6 +20,8 @@
 //!   recorded draw) and the decision record kept in the assignment event.
 //! - [`bot`]: the Bot aggregate (answers, threshold, channels, active hours) and the
 //!   deterministic scoring of a message against its answers.
+//! - [`notification`]: the notification center's user actions — Notification (read,
+//!   deleted) and Inbox (mark all read, clear read) aggregates.
 //! - [`pipeline`]: kanban pipelines — the OrganizationPipelines aggregate (pipelines,
 //!   ordered stages, stage automation, the default pipeline) and the Card aggregate (a
 //!   conversation's place on one pipeline, its labels, the automation its stage entry owes).
@@ -48,6 +50,7 @@ pub mod division;
 pub mod limits;
 pub mod menu;
 pub mod metadata;
+pub mod notification;
 pub mod pipeline;
 pub mod priority;
 pub mod queue_settings;

@@ -646,6 +646,25 @@ pub async fn messages(
     Ok((rows, more, total))
 }
 
+/// One message of a conversation.
+pub async fn message(
+    db: &Database,
+    organization: &str,
+    message_id: &str,
+) -> Result<Option<MessageRecord>, DbError> {
+    Ok(on_backend!(db, |pool| sqlx::query_as(
+        "SELECT m.id, m.conversation_id, m.direction, m.kind, m.author_id, m.text, m.created_at,
+                m.position, o.status AS delivery_status, b.interaction_id AS bot_interaction_id
+           FROM conversation_messages m LEFT JOIN outbox_jobs o ON o.message_id = m.id
+                LEFT JOIN bot_interactions b ON b.message_id = m.id
+          WHERE m.id = $1 AND m.organization_id = $2"
+    )
+    .bind(message_id)
+    .bind(organization)
+    .fetch_optional(pool)
+    .await?))
+}
+
 /// Stores a channel's secrets (outside the event log), replacing earlier ones.
 pub async fn store_channel_secrets(
     db: &Database,

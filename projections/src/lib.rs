@@ -17,6 +17,8 @@
 //! - [`bots`]: the chatbots with their answers and active hours.
 //! - [`chatbot`]: chatbot analytics bucketed in each bot's local time (DST-correct) and
 //!   its report: rates, averages, confidence histogram, top answers, unmatched questions.
+//! - [`notifications`]: each user's notification center (assignments, escalations, reopened
+//!   tickets, customer messages) with what they read or deleted.
 //! - [`pipelines`]: pipelines, stages, the kanban board of cards (ordered by gapped ranks),
 //!   every card's stage history and the pipeline analytics.
 //! - [`personal_data`]: customers' personal data sealed with a key per customer, so that it
@@ -34,6 +36,7 @@ pub mod divisions;
 pub mod event_log;
 pub mod event_store;
 pub mod lease;
+pub mod notifications;
 pub mod personal_data;
 pub mod pipelines;
 pub mod queue;

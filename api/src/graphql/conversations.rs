@@ -177,6 +177,38 @@ impl Conversation {
     }
 }
 
+/// One message, its text opened with the customer's key.
+pub(crate) async fn message_by_id(
+    helpdesk: &crate::helpdesk::Helpdesk,
+    organization: &str,
+    conversation_id: &str,
+    message_id: &str,
+) -> ApiResult<Option<Message>> {
+    let Some(conversation) =
+        projections::conversations::conversation(&helpdesk.db, organization, conversation_id)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let Some(row) = projections::conversations::message(&helpdesk.db, organization, message_id)
+        .await?
+        .filter(|m| m.conversation_id == conversation_id)
+    else {
+        return Ok(None);
+    };
+    let keys = personal_data::keys(
+        &helpdesk.db,
+        organization,
+        std::slice::from_ref(&conversation.customer_id),
+    )
+    .await?;
+    Ok(Some(Message::from_record(
+        row,
+        &keys,
+        &conversation.customer_id,
+    )?))
+}
+
 /// One conversation of the organization, personal data opened.
 pub(crate) async fn conversation_by_id(
     helpdesk: &crate::helpdesk::Helpdesk,

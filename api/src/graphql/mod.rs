@@ -8,6 +8,7 @@
 //! - [`bots`]: chatbots, their answers, active hours and ratings.
 //! - [`chatbot_report`]: the chatbot analytics report.
 //! - [`pipelines`]: pipelines, stages, the kanban board and its cards, pipeline analytics.
+//! - [`notifications`]: the caller's notification center.
 //! - [`subscription`]: the subscriptions (`boardChanged`), fed by [`crate::realtime`].
 //!
 //! Each request carries a [`RequestContext`]: the authenticated caller (or why there is none)
@@ -17,6 +18,7 @@ pub mod bots;
 pub mod chatbot_report;
 pub mod conversations;
 pub mod mutation;
+pub mod notifications;
 pub mod pipelines;
 pub mod query;
 pub mod subscription;
@@ -38,6 +40,7 @@ pub struct QueryRoot(
     bots::BotQuery,
     chatbot_report::ChatbotReportQuery,
     pipelines::PipelineQuery,
+    notifications::NotificationQuery,
 );
 
 /// Every mutation.
@@ -47,6 +50,7 @@ pub struct MutationRoot(
     conversations::ConversationMutation,
     bots::BotMutation,
     pipelines::PipelineMutation,
+    notifications::NotificationMutation,
 );
 
 /// The helpdesk's GraphQL schema.

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use domain::Role;
 use futures::Stream;
 
+use super::conversations::Message;
+use super::notifications::Notification;
 use super::types::Ticket;
 use super::{caller_in, helpdesk, parse_uuid};
 use crate::error::ApiError;
@@ -288,5 +290,81 @@ impl SubscriptionRoot {
             },
             move || TicketUpdate::refetch(&refetch_organization),
         ))
+    }
+
+    /// The caller's new notifications, as they are added (`notifications` shows them
+    /// already). An error item says notifications were missed: refetch the list.
+    async fn notification_added(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Notification>>> {
+        let caller = super::caller(ctx)?;
+        let helpdesk = helpdesk(ctx)?;
+        let subscriber = helpdesk.notifications_added.subscribe();
+        let user = caller.actor.id.clone();
+        Ok(deliveries(
+            subscriber,
+            caller.organization.clone(),
+            move |rows: &Vec<projections::notifications::NotificationRecord>| {
+                rows.iter()
+                    .find(|r| r.user_id == user)
+                    .map(|r| Notification::from_record(r).map_err(Into::into))
+            },
+            || {
+                Err(ApiError::Conflict(
+                    "notifications were missed (read too slowly): refetch them".into(),
+                )
+                .into())
+            },
+        ))
+    }
+
+    /// New messages of a conversation, both ways, once the conversation shows them (admins,
+    /// agents). An error item says messages were missed: refetch the conversation.
+    async fn conversation_messages(
+        &self,
+        ctx: &Context<'_>,
+        conversation_id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Message>>> {
+        let caller = caller_in(ctx, &[Role::Admin, Role::Agent], "read conversations")?;
+        let helpdesk = helpdesk(ctx)?.clone();
+        let conversation_id = parse_uuid(&conversation_id, "conversation")?;
+        let subscriber = helpdesk.conversation_messages.subscribe();
+        let organization = caller.organization.clone();
+        projections::conversations::conversation(&helpdesk.db, &organization, &conversation_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound("conversation not found".into()))?;
+        let state = (subscriber, helpdesk, organization, conversation_id);
+        Ok(futures::stream::unfold(state, |state| async move {
+            let (mut subscriber, helpdesk, organization, conversation_id) = state;
+            loop {
+                let item = match subscriber.next().await? {
+                    Delivery::Lagged => Err(ApiError::Conflict(
+                        "messages were missed (read too slowly): refetch the conversation".into(),
+                    )
+                    .into()),
+                    Delivery::Message(published)
+                        if published.organization == organization
+                            && published.message.conversation_id == conversation_id =>
+                    {
+                        match super::conversations::message_by_id(
+                            &helpdesk,
+                            &organization,
+                            &conversation_id,
+                            &published.message.message_id,
+                        )
+                        .await
+                        {
+                            Ok(Some(message)) => Ok(message),
+                            Ok(None) => continue,
+                            Err(error) => Err(error.into()),
+                        }
+                    }
+                    Delivery::Message(_) => continue,
+                };
+                return Some((item, (subscriber, helpdesk, organization, conversation_id)));
+            }
+        }))
     }
 }
