@@ -79,20 +79,7 @@ impl Helpdesk {
         caller: &Caller,
         request_id: &str,
     ) -> ApiResult<i64> {
-        let (count, newest) =
-            projections::notifications::unread(&self.db, &caller.organization, &caller.actor.id)
-                .await?;
-        let Some(up_to) = newest else {
-            return Ok(0);
-        };
-        self.on_inbox(
-            caller,
-            request_id,
-            InboxAction::ReadAll { up_to },
-            "markAllNotificationsRead",
-        )
-        .await?;
-        Ok(count)
+        self.on_all(caller, request_id, false).await
     }
 
     /// Deletes every notification the caller has read; returns how many.
@@ -101,29 +88,27 @@ impl Helpdesk {
         caller: &Caller,
         request_id: &str,
     ) -> ApiResult<i64> {
-        let (count, newest) =
-            projections::notifications::read(&self.db, &caller.organization, &caller.actor.id)
-                .await?;
+        self.on_all(caller, request_id, true).await
+    }
+
+    /// Marks the unread ones read (`read` false) or deletes the read ones, up to the newest
+    /// of them now: one event however many it touches.
+    async fn on_all(&self, caller: &Caller, request_id: &str, read: bool) -> ApiResult<i64> {
+        let (count, newest) = projections::notifications::counted(
+            &self.db,
+            &caller.organization,
+            &caller.actor.id,
+            read,
+        )
+        .await?;
         let Some(up_to) = newest else {
             return Ok(0);
         };
-        self.on_inbox(
-            caller,
-            request_id,
-            InboxAction::ClearRead { up_to },
-            "clearReadNotifications",
-        )
-        .await?;
-        Ok(count)
-    }
-
-    async fn on_inbox(
-        &self,
-        caller: &Caller,
-        request_id: &str,
-        action: InboxAction,
-        name: &'static str,
-    ) -> ApiResult<()> {
+        let (action, name) = if read {
+            (InboxAction::ClearRead { up_to }, "clearReadNotifications")
+        } else {
+            (InboxAction::ReadAll { up_to }, "markAllNotificationsRead")
+        };
         self.execute(
             &self.inboxes,
             &inbox_id(&caller.organization, &caller.actor.id),
@@ -132,7 +117,7 @@ impl Helpdesk {
             name,
             Wait::ForProjections,
         )
-        .await
-        .map(|_| ())
+        .await?;
+        Ok(count)
     }
 }

@@ -499,7 +499,7 @@ pub struct BoardChange {
 }
 
 /// The kinds of board change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(async_graphql::Enum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoardChangeKind {
     /// A conversation was put on the board.
     CardPlaced,
@@ -511,6 +511,8 @@ pub enum BoardChangeKind {
     StagesChanged,
     /// The pipeline itself changed (name, archive, default).
     PipelineChanged,
+    /// Changes were missed (the subscriber read too slowly): refetch the board.
+    Refetch,
 }
 
 /// The board change an event of the log means, if any (the feed's translation).

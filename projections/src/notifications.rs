@@ -360,34 +360,22 @@ pub async fn caused_by(db: &Database, position: i64) -> Result<Vec<NotificationR
         .await?))
 }
 
-/// How many unread notifications a user has, and the newest one's position.
-pub async fn unread(
+/// How many of a user's notifications are read (`read`) or unread, and the newest one's
+/// position.
+pub async fn counted(
     db: &Database,
     organization: &str,
     user_id: &str,
+    read: bool,
 ) -> Result<(i64, Option<i64>), DbError> {
     Ok(on_backend!(db, |pool| sqlx::query_as(
         "SELECT COUNT(*), MAX(position) FROM notifications
-          WHERE organization_id = $1 AND user_id = $2 AND NOT deleted AND read_at IS NULL"
+          WHERE organization_id = $1 AND user_id = $2 AND NOT deleted
+            AND (read_at IS NOT NULL) = $3"
     )
     .bind(organization)
     .bind(user_id)
-    .fetch_one(pool)
-    .await?))
-}
-
-/// How many read notifications a user has, and the newest one's position.
-pub async fn read(
-    db: &Database,
-    organization: &str,
-    user_id: &str,
-) -> Result<(i64, Option<i64>), DbError> {
-    Ok(on_backend!(db, |pool| sqlx::query_as(
-        "SELECT COUNT(*), MAX(position) FROM notifications
-          WHERE organization_id = $1 AND user_id = $2 AND NOT deleted AND read_at IS NOT NULL"
-    )
-    .bind(organization)
-    .bind(user_id)
+    .bind(read)
     .fetch_one(pool)
     .await?))
 }

@@ -146,10 +146,11 @@ impl NotificationQuery {
     /// How many of the caller's notifications are unread (the bell's badge).
     async fn unread_notification_count(&self, ctx: &Context<'_>) -> async_graphql::Result<i64> {
         let caller = caller(ctx)?;
-        let (count, _) = projections::notifications::unread(
+        let (count, _) = projections::notifications::counted(
             &helpdesk(ctx)?.db,
             &caller.organization,
             &caller.actor.id,
+            false,
         )
         .await
         .map_err(ApiError::from)?;

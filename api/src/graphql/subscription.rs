@@ -3,7 +3,7 @@
 //! helpdesk's real-time feeds ([`crate::realtime`]) and passes on only what belongs to the
 //! caller's organization.
 
-use async_graphql::{ComplexObject, Context, Enum, SimpleObject, Subscription, ID};
+use async_graphql::{ComplexObject, Context, SimpleObject, Subscription, ID};
 use chrono::{DateTime, Utc};
 use domain::Role;
 use futures::Stream;
@@ -13,37 +13,8 @@ use super::notifications::Notification;
 use super::types::Ticket;
 use super::{caller_in, helpdesk, parse_uuid};
 use crate::error::ApiError;
-use crate::pipelines::{BoardChange as Change, BoardChangeKind as ChangeKind};
+use crate::pipelines::{BoardChange as Change, BoardChangeKind};
 use crate::realtime::{Delivery, Subscriber, TicketChange};
-
-/// What happened on a board.
-#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
-pub enum BoardChangeKind {
-    /// A conversation was put on the board.
-    CardPlaced,
-    /// A card moved (to another stage, or within its own).
-    CardMoved,
-    /// A card's labels or automation outcome changed.
-    CardUpdated,
-    /// Stages were added, changed, reordered or removed.
-    StagesChanged,
-    /// The pipeline itself changed (name, archive, default).
-    PipelineChanged,
-    /// Changes were missed (this subscriber read too slowly): refetch the board.
-    Refetch,
-}
-
-impl From<ChangeKind> for BoardChangeKind {
-    fn from(kind: ChangeKind) -> Self {
-        match kind {
-            ChangeKind::CardPlaced => BoardChangeKind::CardPlaced,
-            ChangeKind::CardMoved => BoardChangeKind::CardMoved,
-            ChangeKind::CardUpdated => BoardChangeKind::CardUpdated,
-            ChangeKind::StagesChanged => BoardChangeKind::StagesChanged,
-            ChangeKind::PipelineChanged => BoardChangeKind::PipelineChanged,
-        }
-    }
-}
 
 /// One change of a board, sent once the board shows it.
 #[derive(SimpleObject, Clone)]
@@ -70,7 +41,7 @@ impl From<&Change> for BoardChange {
     fn from(change: &Change) -> Self {
         Self {
             pipeline_id: ID(change.pipeline_id.clone()),
-            kind: change.kind.into(),
+            kind: change.kind,
             card_id: change.card_id.clone().map(ID),
             from_stage_id: change.from_stage_id.clone().map(ID),
             to_stage_id: change.to_stage_id.clone().map(ID),
