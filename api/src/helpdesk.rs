@@ -242,7 +242,7 @@ impl Helpdesk {
             .ok_or_else(|| anyhow::anyhow!("the pipelines projection is not running"))?;
         let (board_changes, board_task) = crate::realtime::Feed::start(
             db.clone(),
-            board_watch,
+            vec![board_watch],
             &["Pipelines", "Card"],
             Arc::new(|db, event| Box::pin(crate::pipelines::board_change(db, event))),
             shutdown.clone(),
@@ -253,7 +253,7 @@ impl Helpdesk {
             .ok_or_else(|| anyhow::anyhow!("the tickets projection is not running"))?;
         let (ticket_changes, tickets_task) = crate::realtime::Feed::start(
             db.clone(),
-            tickets_watch,
+            vec![tickets_watch],
             &["Ticket"],
             Arc::new(|db, event| Box::pin(crate::realtime::ticket_change(db, event))),
             shutdown.clone(),
@@ -264,15 +264,21 @@ impl Helpdesk {
             .ok_or_else(|| anyhow::anyhow!("the notifications projection is not running"))?;
         let (notifications_added, notifications_task) = crate::realtime::Feed::start(
             db.clone(),
-            notifications_watch,
+            vec![notifications_watch],
             &["Ticket", "Conversation"],
             Arc::new(|db, event| Box::pin(crate::realtime::notifications_added(db, event))),
             shutdown.clone(),
         );
         tasks.push(notifications_task);
-        let conversations_watch = progress
-            .watch(ConversationsProjection.name())
-            .ok_or_else(|| anyhow::anyhow!("the conversations projection is not running"))?;
+        // A message's row is the conversations projection's, its delivery status the outbox's.
+        let conversations_watch = [ConversationsProjection.name(), OutboxProjection.name()]
+            .into_iter()
+            .map(|name| {
+                progress
+                    .watch(name)
+                    .ok_or_else(|| anyhow::anyhow!("the {name} projection is not running"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let (conversation_messages, conversations_task) = crate::realtime::Feed::start(
             db.clone(),
             conversations_watch,

@@ -60,11 +60,12 @@ pub struct Feed<T> {
 }
 
 impl<T: Send + Sync + 'static> Feed<T> {
-    /// Starts following `checkpoint` (a projection's) from where it stands now, publishing
-    /// what `translate` makes of each new event of `aggregate_types`.
+    /// Starts following `checkpoints` (of the projections whose tables `translate` and the
+    /// subscribers read) from where the slowest stands now, publishing what `translate`
+    /// makes of each new event of `aggregate_types` once every one of them has passed it.
     pub fn start(
         db: Database,
-        mut checkpoint: watch::Receiver<Checkpoint>,
+        mut checkpoints: Vec<watch::Receiver<Checkpoint>>,
         aggregate_types: &'static [&'static str],
         translate: Translate<T>,
         shutdown: CancellationToken,
@@ -72,13 +73,16 @@ impl<T: Send + Sync + 'static> Feed<T> {
         let (sender, _) = broadcast::channel(BUFFER);
         let publisher = sender.clone();
         let task = tokio::spawn(async move {
-            let mut seen = *checkpoint.borrow_and_update();
+            let mut seen = slowest(&mut checkpoints);
             loop {
+                let moved = futures::future::select_all(
+                    checkpoints.iter_mut().map(|c| Box::pin(c.changed())),
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    changed = checkpoint.changed() => if changed.is_err() { return },
+                    (changed, _, _) = moved => if changed.is_err() { return },
                 }
-                let target = *checkpoint.borrow_and_update();
+                let target = slowest(&mut checkpoints);
                 if target <= seen {
                     continue;
                 }
@@ -105,6 +109,15 @@ impl<T: Send + Sync + 'static> Feed<T> {
             receiver: self.sender.subscribe(),
         }
     }
+}
+
+/// The checkpoint every followed projection has passed.
+fn slowest(checkpoints: &mut [watch::Receiver<Checkpoint>]) -> Checkpoint {
+    checkpoints
+        .iter_mut()
+        .map(|c| *c.borrow_and_update())
+        .min()
+        .unwrap_or(Checkpoint::START)
 }
 
 async fn publish<T>(
