@@ -274,7 +274,7 @@ async fn an_unanswered_conversation_is_escalated_and_a_reply_locks_it() {
         server
             .data(
                 &admin(),
-                "mutation { updateQueueSettings(input: { escalationAfterSeconds: 1 }) { escalationAfterSeconds } }",
+                "mutation { updateQueueSettings(input: { escalationAfterSeconds: 3 }) { escalationAfterSeconds } }",
                 json!({}),
             )
             .await;
@@ -307,7 +307,7 @@ async fn an_unanswered_conversation_is_escalated_and_a_reply_locks_it() {
             &format!(
                 "SELECT COUNT(*) FROM events WHERE aggregate_id = '{ticket}'
                    AND CAST(payload AS TEXT) LIKE '%\"escalation\"%'
-                   AND CAST(payload AS TEXT) LIKE '%did not answer the customer within 1 s%'"
+                   AND CAST(payload AS TEXT) LIKE '%did not answer the customer within 3 s%'"
             ),
         )
         .await;
@@ -321,7 +321,9 @@ async fn an_unanswered_conversation_is_escalated_and_a_reply_locks_it() {
                 json!({ "id": conversation }),
             )
             .await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Past the deadline of the new assignment: the reply has locked it. (3 s leaves the
+        // reply room on a loaded machine; 1 s made the test race its own reply.)
+        tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(assignee(&server, &ticket).await.as_deref(), Some(other));
         let escalations = count(
             &direct,

@@ -744,13 +744,21 @@ pub async fn cards(
     after: Option<i64>,
     limit: i64,
 ) -> Result<Vec<CardRecord>, DbError> {
-    let sql = format!(
-        "{CARD_SELECT}
-          WHERE b.pipeline_id = $1 AND {FILTERED}
-            AND (CAST($4 AS text) IS NULL OR b.stage_id = $4)
-            AND b.rank > $5
-          ORDER BY b.stage_id, b.rank, b.id LIMIT $6"
-    );
+    // Two statements rather than an `IS NULL OR` on the stage, so that a column's page walks
+    // the (pipeline, stage, rank) index instead of sorting the whole pipeline.
+    let sql = match stage_id {
+        Some(_) => format!(
+            "{CARD_SELECT}
+              WHERE b.pipeline_id = $1 AND b.stage_id = $4 AND b.rank > $5 AND {FILTERED}
+              ORDER BY b.rank, b.id LIMIT $6"
+        ),
+        None => format!(
+            "{CARD_SELECT}
+              WHERE b.pipeline_id = $1 AND b.rank > $5 AND {FILTERED}
+                AND CAST($4 AS text) IS NULL
+              ORDER BY b.stage_id, b.rank, b.id LIMIT $6"
+        ),
+    };
     Ok(on_backend!(db, |pool| sqlx::query_as(&sql)
         .bind(pipeline_id)
         .bind(&filter.assignee_id)
