@@ -14,6 +14,9 @@
 //!   (`bench/inbound.rs`).
 //! - `chatbot-report`: `projections::chatbot::report` over a year of hourly buckets holding
 //!   1,000,000 interactions — see the `chatbot_report` module (`bench/chatbot_report.rs`).
+//! - `board`: the first page of every column of a pipeline of 10 stages holding 50,000
+//!   cards (the GraphQL `board` query), and `moveCard` end to end — see the `board` module
+//!   (`bench/board.rs`).
 //!
 //! # What runs (lifecycle)
 //!
@@ -67,6 +70,7 @@
 //! cargo run --release -p api --bin bench -- --scenario queue-position --explain
 //! cargo run --release -p api --bin bench -- --scenario inbound
 //! cargo run --release -p api --bin bench -- --scenario chatbot-report
+//! cargo run --release -p api --bin bench -- --scenario board
 //! ```
 //!
 //! PostgreSQL is reached at `--postgres-url` (default `TEST_DATABASE_URL`, else
@@ -111,6 +115,8 @@ use projections::telemetry::label;
 // as `api/Cargo.toml` names it).
 #[path = "bench/assignment.rs"]
 mod assignment;
+#[path = "bench/board.rs"]
+mod board;
 #[path = "bench/chatbot_report.rs"]
 mod chatbot_report;
 #[path = "bench/inbound.rs"]
@@ -202,11 +208,11 @@ struct Args {
     /// queue-position: `page` calls after a random cursor (and a tenth as many head pages).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pages: u64,
-    /// queue-position and chatbot-report: also print the query plans of the measured
+    /// queue-position, chatbot-report and board: also print the query plans of the measured
     /// statements.
     #[arg(long)]
     explain: bool,
-    /// assignment, queue-position and chatbot-report: keep the databases for inspection
+    /// assignment, queue-position, chatbot-report and board: keep the databases for inspection
     /// (their names are printed) instead of removing them.
     #[arg(long)]
     keep_databases: bool,
@@ -229,6 +235,18 @@ struct Args {
     /// insert, whose tables must be equal.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     chatbot_sample: u64,
+    /// board: cards on the pipeline (one conversation each), spread over its 10 stages.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(10..=2_000_000))]
+    board_cards: u64,
+    /// board: `board` requests measured (one at a time).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    board_requests: u64,
+    /// board: `moveCard` mutations measured.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
+    board_moves: u64,
+    /// board: concurrent clients moving cards.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    board_clients: u64,
 }
 
 /// The `--scenario` choices.
@@ -244,6 +262,8 @@ enum Scenario {
     Inbound,
     /// The chatbot report over a year of 1,000,000 interactions.
     ChatbotReport,
+    /// A pipeline board of 10 stages and 50,000 cards: first pages and card moves.
+    Board,
 }
 
 /// The `--backend` choices.
@@ -293,6 +313,9 @@ async fn main() -> ExitCode {
         Scenario::ChatbotReport => chatbot_report::run(&args)
             .await
             .map(|runs| chatbot_report::print_report(&args, &runs)),
+        Scenario::Board => board::run(&args)
+            .await
+            .map(|runs| board::print_report(&args, &runs)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
