@@ -91,7 +91,7 @@ impl DomainEvent for BotEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".into()
+        crate::upcast::current_version(&self.event_type()).to_string()
     }
 }
 

@@ -308,7 +308,7 @@ impl DomainEvent for ConversationEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".into()
+        crate::upcast::current_version(&self.event_type()).to_string()
     }
 }
 

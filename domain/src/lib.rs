@@ -35,6 +35,7 @@
 //! - [`metadata`]: the metadata stamped on every event (organization, actor, time,
 //!   request/correlation and causation ids).
 //! - [`limits`]: the input bounds shared by every command.
+//! - [`upcast`]: event versions and the upcasters that lift old payloads to today's shape.
 //!
 //! Aggregates are driven by cqrs-es; every aggregate has given/when/then tests beside it.
 //! Time is never read here: it arrives in event metadata chosen by the caller.
@@ -56,6 +57,7 @@ pub mod priority;
 pub mod queue_settings;
 pub mod schedule;
 pub mod ticket;
+pub mod upcast;
 pub mod wait;
 
 pub use actor::{Actor, Role};

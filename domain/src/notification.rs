@@ -86,7 +86,7 @@ impl DomainEvent for NotificationEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".into()
+        crate::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
@@ -220,7 +220,7 @@ impl DomainEvent for InboxEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".into()
+        crate::upcast::current_version(&self.event_type()).to_string()
     }
 }
 

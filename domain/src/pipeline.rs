@@ -257,7 +257,7 @@ impl DomainEvent for PipelinesEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".into()
+        crate::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
@@ -881,7 +881,7 @@ impl DomainEvent for CardEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".into()
+        crate::upcast::current_version(&self.event_type()).to_string()
     }
 }
 

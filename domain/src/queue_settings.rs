@@ -124,7 +124,7 @@ impl DomainEvent for QueueSettingsEvent {
         "QueueSettingsUpdated".into()
     }
     fn event_version(&self) -> String {
-        "1.0".into()
+        crate::upcast::current_version(&self.event_type()).to_string()
     }
 }
 

@@ -128,8 +128,9 @@ pub enum TicketEvent {
         agent_id: String,
         previous_agent_id: Option<String>,
         via: AssignmentVia,
-        /// For automatic assignments: who was considered and why this agent won.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        /// For automatic assignments: who was considered and why this agent won. Always
+        /// stated since version 2.0 (null when nobody decided); 1.0 payloads without it are
+        /// lifted by `crate::upcast`.
         decision: Option<AssignmentDecision>,
     },
     /// The assigned agent went offline (REQUEUE policy): back to the queue, at the place it
@@ -182,7 +183,7 @@ impl DomainEvent for TicketEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_string()
+        crate::upcast::current_version(&self.event_type()).to_string()
     }
 }
 
