@@ -1188,7 +1188,7 @@ async fn projections_rebuilt_from_the_start_equal_the_live_ones() {
                     assert!(rows.is_empty(), "{b:?}: reset left rows in {table}");
                 }
             }
-            projections::runner::catch_up(&database, projection.as_ref(), |_| {})
+            projections::runner::catch_up(&database, projection.as_ref(), |_, _| {})
                 .await
                 .expect("catch up");
         }

@@ -1,14 +1,16 @@
 //! The `helpdesk` command line.
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use domain::Role;
-use indicatif::{ProgressBar, ProgressStyle};
-use projections::runner;
-use projections::{event_log, Database};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use projections::event_log::LogFilter;
+use projections::{audit, event_log, rebuild, Database};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{parse_ttl, TokenKeys};
 use crate::config::Config;
+use crate::export::Format;
 use crate::helpdesk::all_projections;
 
 /// Event-sourced helpdesk backend.
@@ -44,11 +46,47 @@ pub enum Command {
     },
     /// Print the GraphQL schema (SDL), as kept in docs/schema.graphql.
     Schema,
-    /// Rebuild projections from the start of the log.
+    /// Rebuild projections from the start of the log into shadow tables, then swap them in
+    /// (the service keeps serving the old tables meanwhile).
     Replay {
         /// Only this projection (default: all).
         #[arg(long)]
         projection: Option<String>,
+    },
+    /// Write the event log to stdout in commit order (progress on stderr).
+    Export {
+        /// ndjson or csv.
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: Format,
+        /// Only events that occurred at or after this instant (RFC 3339).
+        #[arg(long)]
+        from: Option<DateTime<Utc>>,
+        /// Only events that occurred before this instant (RFC 3339).
+        #[arg(long)]
+        to: Option<DateTime<Utc>>,
+        /// Only this aggregate type (Ticket, Conversation, ...).
+        #[arg(long)]
+        aggregate_type: Option<String>,
+        /// Only this organization.
+        #[arg(long)]
+        organization: Option<String>,
+    },
+    /// The tamper-evidence chain.
+    Audit {
+        /// What to do with it.
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+}
+
+/// `helpdesk audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Recompute every organization's chain from the log; exits non-zero on a break.
+    Verify {
+        /// Only this organization.
+        #[arg(long)]
+        organization: Option<String>,
     },
 }
 
@@ -79,11 +117,42 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> anyho
             Ok(())
         }
         Command::Replay { projection } => replay(config, projection).await,
+        Command::Export {
+            format,
+            from,
+            to,
+            aggregate_type,
+            organization,
+        } => {
+            let filter = LogFilter {
+                organization,
+                aggregate_type,
+                from,
+                to,
+                ..LogFilter::default()
+            };
+            export(config, filter, format).await
+        }
+        Command::Audit {
+            action: AuditAction::Verify { organization },
+        } => audit_verify(config, organization).await,
         Command::Schema => {
             print!("{}", crate::graphql::sdl());
             Ok(())
         }
     }
+}
+
+fn progress_bar(total: u64, prefix: &str, unit: &str) -> anyhow::Result<ProgressBar> {
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{prefix:>14}} [{{bar:40}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})"
+        ))?
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    Ok(bar)
 }
 
 async fn replay(config: Config, only: Option<String>) -> anyhow::Result<()> {
@@ -103,18 +172,91 @@ async fn replay(config: Config, only: Option<String>) -> anyhow::Result<()> {
     };
     let total = event_log::count_after(&db, event_log::Checkpoint::START, i64::MAX).await?;
     for projection in selected {
-        let bar = ProgressBar::new(total as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>12} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
-            )?
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(projection.name().to_string());
-        runner::reset(&db, projection.as_ref()).await?;
-        runner::catch_up(&db, projection.as_ref(), |applied| bar.inc(applied as u64)).await?;
+        let bar = progress_bar(total as u64, projection.name(), "events")?;
+        let rebuilt = rebuild::rebuild(&db, projection.as_ref(), |read| bar.inc(read as u64)).await;
+        let rebuilt = match rebuilt {
+            Ok(rebuilt) => rebuilt,
+            Err(error) => {
+                bar.abandon();
+                anyhow::bail!("rebuilding {} failed: {error}", projection.name());
+            }
+        };
         bar.finish();
+        eprintln!(
+            "{:>14} swapped in at position {} ({} events applied, swap held {:.0?})",
+            projection.name(),
+            rebuilt.checkpoint.position,
+            rebuilt.applied,
+            rebuilt.swap
+        );
     }
     db.close().await;
+    Ok(())
+}
+
+async fn export(config: Config, filter: LogFilter, format: Format) -> anyhow::Result<()> {
+    let db = Database::connect(config.database_url.as_deref()).await?;
+    db.migrate().await?;
+    let total = event_log::count_filtered(&db, &filter, event_log::Checkpoint::START).await?;
+    let bar = progress_bar(total as u64, "export", "events")?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    let written =
+        crate::export::export(&db, &filter, format, &mut out, |n| bar.inc(n as u64)).await;
+    match written {
+        Ok(written) => {
+            bar.finish();
+            eprintln!("exported {written} events");
+        }
+        Err(error) => {
+            bar.abandon();
+            return Err(error);
+        }
+    }
+    db.close().await;
+    Ok(())
+}
+
+async fn audit_verify(config: Config, only: Option<String>) -> anyhow::Result<()> {
+    let db = Database::connect(config.database_url.as_deref()).await?;
+    db.migrate().await?;
+    let organizations = match only {
+        Some(organization) => vec![organization],
+        None => audit::organizations(&db).await?,
+    };
+    let mut broken = Vec::new();
+    for organization in &organizations {
+        let links = audit::chain_length(&db, organization).await?;
+        let bar = progress_bar(links as u64, organization, "events verified")?;
+        let result = audit::verify(&db, organization, |n| bar.inc(n as u64)).await?;
+        bar.finish_and_clear();
+        if result.ok {
+            println!(
+                "{organization}: ok, {} events verified, {} not chained yet, head {}",
+                result.checked_events,
+                result.pending_events,
+                result.head.as_deref().unwrap_or("(empty)")
+            );
+        } else {
+            println!(
+                "{organization}: BROKEN at position {} after {} good events: {}",
+                result.first_bad_position.unwrap_or_default(),
+                result.checked_events,
+                result.problem.as_deref().unwrap_or("")
+            );
+            broken.push(result);
+        }
+    }
+    db.close().await;
+    if let Some(first) = broken
+        .iter()
+        .min_by_key(|r| r.first_bad_position.unwrap_or(i64::MAX))
+    {
+        anyhow::bail!(
+            "the audit chain is broken in {} organization(s); first bad position {} ({})",
+            broken.len(),
+            first.first_bad_position.unwrap_or_default(),
+            first.organization
+        );
+    }
     Ok(())
 }

@@ -104,6 +104,7 @@ pub fn lease_roles() -> Vec<&'static str> {
     roles.push(crate::assignment::ROLE);
     roles.push(crate::conversation_process::ROLE);
     roles.push(crate::pipeline_process::ROLE);
+    roles.push(projections::audit::AUDIT_CHAIN);
     roles
 }
 
@@ -217,7 +218,10 @@ impl Helpdesk {
         let metrics = Arc::new(Metrics::default());
         let signal = LogSignal::default();
         let listener = signal.listen_to_postgres(&db, shutdown.clone());
-        let projections = all_projections();
+        // The audit chain runs like a projection but is never rebuilt, so it is not among
+        // `all_projections`.
+        let mut projections = all_projections();
+        projections.push(Arc::new(projections::audit::AuditChainProjection));
         let roles = lease_roles();
         let (leases, lease_task) = Leases::start(&db, &roles, shutdown.clone());
         let pause_before_commit = config

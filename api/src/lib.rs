@@ -19,9 +19,12 @@
 //! - [`reports`]: `GET /reports/chatbot/{botId}.csv` (bearer token).
 //! - [`server`]: the HTTP server: `/graphql`, `/healthz`, `/readyz`, `/metrics`, graceful
 //!   shutdown.
-//! - [`cli`]: `helpdesk serve | migrate | token | replay`.
+//! - [`audit`]: a ticket's history in plain words and the ticket as it was at an instant.
+//! - [`export`]: the log as NDJSON or CSV, streamed.
+//! - [`cli`]: `helpdesk serve | migrate | token | schema | replay | export | audit verify`.
 
 pub mod assignment;
+pub mod audit;
 pub mod auth;
 pub mod bots;
 pub mod cli;
@@ -29,6 +32,7 @@ pub mod config;
 pub mod conversation_process;
 pub mod conversations;
 pub mod error;
+pub mod export;
 pub mod graphql;
 pub mod helpdesk;
 pub mod notifications;

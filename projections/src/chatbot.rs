@@ -453,13 +453,20 @@ async fn open_question(
             "conversation {conversation_id} records a bot hand-off before it started"
         ))
     })?;
-    let stored: Option<String> = on_backend!(tx, |t| sqlx::query_scalar(
-        "SELECT secret_key FROM customer_keys WHERE customer_id = $1 AND organization_id = $2"
-    )
-    .bind(&customer)
-    .bind(organization)
-    .fetch_optional(&mut **t)
-    .await?);
+    // PostgreSQL: the key row stays locked until this transaction ends, so an erasure
+    // (which deletes the key, then this projection's rows of the customer) waits for it
+    // and then removes the question written here too. SQLite has one writer anyway.
+    const KEY: &str =
+        "SELECT secret_key FROM customer_keys WHERE customer_id = $1 AND organization_id = $2";
+    let sql = match tx {
+        Backend::Postgres(_) => format!("{KEY} FOR SHARE"),
+        Backend::Sqlite(_) => KEY.to_string(),
+    };
+    let stored: Option<String> = on_backend!(tx, |t| sqlx::query_scalar(&sql)
+        .bind(&customer)
+        .bind(organization)
+        .fetch_optional(&mut **t)
+        .await?);
     let Some(stored) = stored else {
         // The customer was erased: their question is gone with their key.
         return Ok(None);

@@ -122,6 +122,34 @@ impl Database {
         Ok(())
     }
 
+    /// A second handle on the same database with exactly one connection, never recycled
+    /// while it is open: for work that keeps state on its connection, such as the
+    /// temporary shadow tables of a rebuild.
+    pub async fn single_connection(&self) -> Result<Database, DbError> {
+        Ok(match self {
+            Backend::Sqlite(pool) => Backend::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect_with((*pool.connect_options()).clone())
+                    .await?,
+            ),
+            Backend::Postgres(pool) => Backend::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .min_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect_with((*pool.connect_options()).clone())
+                    .await?,
+            ),
+        })
+    }
+
     /// `"sqlite"` or `"postgres"`.
     pub fn backend_name(&self) -> &'static str {
         match self {

@@ -12,7 +12,8 @@ use serde_json::Value;
 use sqlx::Row;
 use std::collections::HashMap;
 
-use crate::db::{Backend, Database, DbError};
+use crate::db::{Backend, Bind, Database, DbError, Statement};
+use crate::{bind_all, on_backend};
 
 /// A place in the global order of the log; events at or before it have been seen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -63,9 +64,16 @@ impl StoredEvent {
         self.metadata.occurred_at
     }
 
-    /// Decodes the payload as the domain event type `E`.
+    /// Decodes the payload as the domain event type `E`, lifted to today's shape first
+    /// (`domain::upcast`). The stored payload itself stays as written: the audit chain
+    /// hashes that.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, DbError> {
-        serde_json::from_value(self.payload.clone()).map_err(|e| {
+        let current =
+            domain::upcast::upcast(&self.event_type, &self.event_version, self.payload.clone())
+                .map_err(|e| {
+                    DbError::Corrupt(format!("event at position {}: {e}", self.position()))
+                })?;
+        serde_json::from_value(current).map_err(|e| {
             DbError::Corrupt(format!(
                 "event at position {} ({}): {e}",
                 self.position(),
@@ -90,8 +98,9 @@ SELECT position, 0 AS tx, aggregate_type, aggregate_id, sequence, event_type, ev
 /// server; those are left out — but only when `pg_stat_activity` positively shows them in
 /// another database (an id it does not show, or shows without a database, still holds the
 /// fence, so a race with the statistics view can only delay, never reorder).
-const POSTGRES_READ: &str = "
-WITH snapshot AS (SELECT pg_current_snapshot() AS s),
+macro_rules! postgres_fence {
+    () => {
+        "WITH snapshot AS (SELECT pg_current_snapshot() AS s),
 elsewhere AS (
     SELECT backend_xid::text AS xid FROM pg_stat_activity
      WHERE backend_xid IS NOT NULL AND datname IS NOT NULL AND datname <> current_database()
@@ -101,13 +110,20 @@ fence AS (
       FROM snapshot, pg_snapshot_xip(snapshot.s) AS running
      WHERE (running::text::bigint % 4294967296)::text NOT IN (SELECT xid FROM elsewhere)
 )
-SELECT position, tx_id::text::bigint AS tx, aggregate_type, aggregate_id, sequence, event_type,
+"
+    };
+}
+
+const POSTGRES_READ: &str = concat!(
+    postgres_fence!(),
+    "SELECT position, tx_id::text::bigint AS tx, aggregate_type, aggregate_id, sequence, event_type,
        event_version, payload::text AS payload, metadata::text AS metadata
   FROM events, fence
  WHERE (tx_id, position) > ($1::text::xid8, $2)
    AND tx_id < fence.tx
  ORDER BY tx_id, position
- LIMIT $3";
+ LIMIT $3"
+);
 
 /// Reads up to `limit` events after `after`, in global commit order.
 pub async fn read_after(
@@ -130,6 +146,36 @@ pub async fn read_after(
             .bind(after.position)
             .bind(limit)
             .fetch_all(pool)
+            .await?
+            .iter()
+            .map(decode_row)
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    Ok(rows)
+}
+
+/// [`read_after`] inside a transaction: what the transaction sees (a rebuild's swap reads
+/// the last events while it holds the live checkpoint).
+pub async fn read_after_in(
+    tx: &mut crate::db::Tx,
+    after: Checkpoint,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, DbError> {
+    let rows = match tx {
+        Backend::Sqlite(t) => sqlx::query(SQLITE_READ)
+            .bind(after.tx_id)
+            .bind(after.position)
+            .bind(limit)
+            .fetch_all(&mut **t)
+            .await?
+            .iter()
+            .map(decode_row)
+            .collect::<Result<Vec<_>, _>>()?,
+        Backend::Postgres(t) => sqlx::query(POSTGRES_READ)
+            .bind(after.tx_id.to_string())
+            .bind(after.position)
+            .bind(limit)
+            .fetch_all(&mut **t)
             .await?
             .iter()
             .map(decode_row)
@@ -206,29 +252,32 @@ where
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> &'a str: sqlx::ColumnIndex<R>,
 {
-    let position: i64 = row.try_get("position")?;
-    let payload: String = row.try_get("payload")?;
-    let metadata: String = row.try_get("metadata")?;
-    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
-        DbError::Corrupt(format!("event at position {position}: {what}: {e}"))
-    };
-    let metadata_map: HashMap<String, String> =
-        serde_json::from_str(&metadata).map_err(|e| corrupt("metadata", &e))?;
-    let metadata = EventMetadata::from_map(&metadata_map)
-        .ok_or_else(|| corrupt("metadata", &"missing organization, actor or time"))?;
-    Ok(StoredEvent {
-        checkpoint: Checkpoint {
-            tx_id: row.try_get("tx")?,
-            position,
-        },
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        sequence: row.try_get("sequence")?,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        payload: serde_json::from_str(&payload).map_err(|e| corrupt("payload", &e))?,
-        metadata,
-    })
+    raw_row(row)?.decode()
+}
+
+impl RawEvent {
+    /// Parses the stored JSON: payload as it was written (not upcast), metadata as the
+    /// helpdesk reads it.
+    pub fn decode(self) -> Result<StoredEvent, DbError> {
+        let position = self.checkpoint.position;
+        let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+            DbError::Corrupt(format!("event at position {position}: {what}: {e}"))
+        };
+        let metadata_map: HashMap<String, String> =
+            serde_json::from_str(&self.metadata).map_err(|e| corrupt("metadata", &e))?;
+        let metadata = EventMetadata::from_map(&metadata_map)
+            .ok_or_else(|| corrupt("metadata", &"missing organization, actor or time"))?;
+        Ok(StoredEvent {
+            checkpoint: self.checkpoint,
+            payload: serde_json::from_str(&self.payload).map_err(|e| corrupt("payload", &e))?,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            metadata,
+        })
+    }
 }
 
 /// How many committed events lie after `after`, counting at most `cap` (cheap on a long
@@ -256,4 +305,192 @@ pub async fn count_after(db: &Database, after: Checkpoint, cap: i64) -> Result<i
         }
     };
     Ok(count)
+}
+
+/// Which events a filtered read returns; every field narrows (all empty: the whole log).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Only this organization's events.
+    pub organization: Option<String>,
+    /// Only this aggregate type (`Ticket`, ...).
+    pub aggregate_type: Option<String>,
+    /// Only this aggregate instance.
+    pub aggregate_id: Option<String>,
+    /// Only these event types (empty: all).
+    pub event_types: Vec<String>,
+    /// Only events that occurred at or after this instant.
+    pub from: Option<DateTime<Utc>>,
+    /// Only events that occurred before this instant.
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// One event exactly as stored: payload and metadata as the JSON text in the table.
+/// What the export writes, without parsing (see [`read_raw`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    /// Where it stands in the global order.
+    pub checkpoint: Checkpoint,
+    /// `Ticket`, `Division`, ...
+    pub aggregate_type: String,
+    /// The aggregate instance.
+    pub aggregate_id: String,
+    /// 1-based number of the event within its aggregate.
+    pub sequence: i64,
+    /// `TicketCreated`, ...
+    pub event_type: String,
+    /// Version of the payload's shape.
+    pub event_version: String,
+    /// The payload's stored JSON text.
+    pub payload: String,
+    /// The metadata's stored JSON text.
+    pub metadata: String,
+}
+
+/// Builds the filtered read: rows in global commit order after `after`, at most `limit`.
+/// On PostgreSQL only rows behind the fence are read (see [`read_after`]), so a page once
+/// read never gains an earlier row later: paging over it is stable.
+fn filtered_read(
+    backend: &'static str,
+    filter: &LogFilter,
+    after: Checkpoint,
+    limit: i64,
+) -> Statement {
+    let postgres = backend == "postgres";
+    let mut statement = Statement::new("");
+    let mut conditions = Vec::new();
+    if postgres {
+        let tx = statement.bind(Bind::Text(after.tx_id.to_string()));
+        let position = statement.bind(Bind::Int(after.position));
+        conditions.push(format!(
+            "(tx_id, position) > ({tx}::text::xid8, {position})"
+        ));
+        conditions.push("tx_id < fence.tx".to_string());
+    } else {
+        let position = statement.bind(Bind::Int(after.position));
+        conditions.push(format!("position > {position}"));
+    }
+    let text_filters = [
+        ("organization_id", &filter.organization),
+        ("aggregate_type", &filter.aggregate_type),
+        ("aggregate_id", &filter.aggregate_id),
+    ];
+    for (column, value) in text_filters {
+        if let Some(value) = value {
+            let placeholder = statement.bind(Bind::Text(value.clone()));
+            conditions.push(format!("{column} = {placeholder}"));
+        }
+    }
+    if !filter.event_types.is_empty() {
+        let placeholders: Vec<String> = filter
+            .event_types
+            .iter()
+            .map(|t| statement.bind(Bind::Text(t.clone())))
+            .collect();
+        conditions.push(format!("event_type IN ({})", placeholders.join(", ")));
+    }
+    // Stored times are fixed-width RFC 3339 (microseconds, `Z`), so text order is time order.
+    let occurred_at = if postgres {
+        "(metadata ->> 'occurred_at')"
+    } else {
+        "json_extract(metadata, '$.occurred_at')"
+    };
+    if let Some(from) = filter.from {
+        let placeholder = statement.bind(Bind::Text(crate::db::timestamp(from)));
+        conditions.push(format!("{occurred_at} >= {placeholder}"));
+    }
+    if let Some(to) = filter.to {
+        let placeholder = statement.bind(Bind::Text(crate::db::timestamp(to)));
+        conditions.push(format!("{occurred_at} < {placeholder}"));
+    }
+    let limit = statement.bind(Bind::Int(limit));
+    let conditions = conditions.join(" AND ");
+    statement.sql = if postgres {
+        let fence = postgres_fence!();
+        format!(
+            "{fence}SELECT position, tx_id::text::bigint AS tx, aggregate_type, aggregate_id,
+                    sequence, event_type, event_version, payload::text AS payload,
+                    metadata::text AS metadata
+               FROM events, fence
+              WHERE {conditions}
+              ORDER BY tx_id, position
+              LIMIT {limit}"
+        )
+    } else {
+        format!(
+            "SELECT position, 0 AS tx, aggregate_type, aggregate_id, sequence, event_type,
+                    event_version, payload, metadata
+               FROM events
+              WHERE {conditions}
+              ORDER BY position
+              LIMIT {limit}"
+        )
+    };
+    statement
+}
+
+/// Up to `limit` events matching `filter` after `after`, in global commit order, decoded.
+pub async fn read_filtered(
+    db: &Database,
+    filter: &LogFilter,
+    after: Checkpoint,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, DbError> {
+    let statement = filtered_read(db.backend_name(), filter, after, limit);
+    on_backend!(db, |pool| bind_all!(sqlx::query(&statement.sql), statement)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(decode_row)
+        .collect())
+}
+
+/// Up to `limit` events matching `filter` after `after`, in global commit order, as
+/// stored (no JSON parsing: the export's fast path).
+pub async fn read_raw(
+    db: &Database,
+    filter: &LogFilter,
+    after: Checkpoint,
+    limit: i64,
+) -> Result<Vec<RawEvent>, DbError> {
+    let statement = filtered_read(db.backend_name(), filter, after, limit);
+    on_backend!(db, |pool| bind_all!(sqlx::query(&statement.sql), statement)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(raw_row)
+        .collect())
+}
+
+fn raw_row<R: Row>(row: &R) -> Result<RawEvent, DbError>
+where
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    Ok(RawEvent {
+        checkpoint: checkpoint_of(row)?,
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: row.try_get("sequence")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+    })
+}
+
+/// How many events match `filter` after `after` (the export's progress total).
+pub async fn count_filtered(
+    db: &Database,
+    filter: &LogFilter,
+    after: Checkpoint,
+) -> Result<i64, DbError> {
+    let statement = filtered_read(db.backend_name(), filter, after, i64::MAX);
+    let sql = format!("SELECT COUNT(*) FROM ({}) AS matching", statement.sql);
+    Ok(on_backend!(db, |pool| bind_all!(
+        sqlx::query_scalar(&sql),
+        statement
+    )
+    .fetch_one(pool)
+    .await?))
 }

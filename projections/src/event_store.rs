@@ -27,9 +27,11 @@ pub fn event_repository(db: &Database) -> EventRepository {
     }
 }
 
-/// Builds an event store (no snapshots) for aggregate `A` over `db`.
+/// Builds an event store (no snapshots) for aggregate `A` over `db`; old event versions are
+/// lifted to today's shape as they load (`domain::upcast`).
 pub fn event_store<A: Aggregate>(db: &Database) -> EventStore<A> {
     PersistedEventStore::new_event_store(event_repository(db))
+        .with_upcasters(vec![Box::new(domain::upcast::LogUpcaster)])
 }
 
 impl PersistedEventRepository for EventRepository {

@@ -25,9 +25,14 @@
 //!   can be erased without rewriting the log.
 //! - [`lease`]: which replica runs each projector and the assignment process (PostgreSQL
 //!   advisory locks held on a dedicated connection; released the moment a replica dies).
+//! - [`rebuild`]: rebuilding a projection into shadow tables while the live ones keep
+//!   serving, then swapping them in in one transaction (`helpdesk replay`).
+//! - [`audit`]: the tamper-evidence chain (SHA-256, one per organization, over the log in
+//!   commit order) and its verification.
 //! - [`telemetry`]: counters and histograms exported at `/metrics`.
 
 pub mod agents;
+pub mod audit;
 pub mod bots;
 pub mod chatbot;
 pub mod conversations;
@@ -41,6 +46,7 @@ pub mod personal_data;
 pub mod pipelines;
 pub mod queue;
 pub mod queue_settings;
+pub mod rebuild;
 pub mod runner;
 pub mod telemetry;
 pub mod tickets;

@@ -180,6 +180,54 @@ pub async fn keys(
     Ok(found)
 }
 
+/// What [`erase_customer`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Erasure {
+    /// The key was deleted now: everything sealed with it reads as [`ERASED`].
+    Erased,
+    /// The customer is known but was erased before.
+    AlreadyErased,
+    /// No such customer in the organization.
+    Unknown,
+}
+
+/// Erases a customer's personal data (brief rule 11): deletes their key, and in the same
+/// transaction the only plaintext derived from it that a read model keeps (the chatbot's
+/// unmatched questions, see [`crate::chatbot::forget_customer`]). The log is not touched,
+/// so replay and the audit chain still hold.
+pub async fn erase_customer(
+    db: &Database,
+    organization: &str,
+    customer_id: &str,
+) -> Result<Erasure, DbError> {
+    let mut tx = db.begin().await?;
+    let deleted = on_backend!(&mut tx, |t| sqlx::query(
+        "DELETE FROM customer_keys WHERE customer_id = $1 AND organization_id = $2"
+    )
+    .bind(customer_id)
+    .bind(organization)
+    .execute(&mut **t)
+    .await?
+    .rows_affected());
+    crate::chatbot::forget_customer(&mut tx, organization, customer_id).await?;
+    tx.commit().await?;
+    if deleted > 0 {
+        return Ok(Erasure::Erased);
+    }
+    let known: i64 = on_backend!(db, |pool| sqlx::query_scalar(
+        "SELECT COUNT(*) FROM conversations WHERE customer_id = $1 AND organization_id = $2"
+    )
+    .bind(customer_id)
+    .bind(organization)
+    .fetch_one(pool)
+    .await?);
+    Ok(if known > 0 {
+        Erasure::AlreadyErased
+    } else {
+        Erasure::Unknown
+    })
+}
+
 /// Opens `sealed` with the customer's key when it still exists, else [`ERASED`].
 pub fn open_or_erased(
     keys: &HashMap<String, CustomerKey>,

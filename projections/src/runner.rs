@@ -34,6 +34,12 @@ pub trait Projection: Send + Sync + 'static {
     /// The aggregate types whose events it applies. Other events only move its checkpoint
     /// (in memory, stored lazily), and commands on other aggregates never wait for it.
     fn aggregate_types(&self) -> &'static [&'static str];
+    /// Whether it applies events of `aggregate_type`: those of [`Projection::aggregate_types`]
+    /// unless it says otherwise (the audit chain takes every event, yet no command waits
+    /// for it).
+    fn consumes(&self, aggregate_type: &str) -> bool {
+        self.aggregate_types().contains(&aggregate_type)
+    }
     /// The tables it owns; a rebuild empties them.
     fn tables(&self) -> &'static [&'static str];
     /// Applies one event inside the runner's transaction. Must be deterministic: time comes
@@ -485,8 +491,13 @@ const STORE_AFTER_PASSED_OVER: usize = 5_000;
 /// What one batch did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Applied `applied` events (possibly none: only passed over others).
-    Advanced { cursor: Cursor, applied: usize },
+    /// Read `read` events and applied `applied` of them (possibly none: only passed over
+    /// others).
+    Advanced {
+        cursor: Cursor,
+        read: usize,
+        applied: usize,
+    },
     /// Nothing new in the log.
     Idle,
     /// Someone else (another replica, a rebuild) moved the stored checkpoint first.
@@ -507,10 +518,9 @@ pub async fn batch(
         return Ok(Step::Idle);
     };
     let to = last.checkpoint;
-    let consumed = projection.aggregate_types();
     let relevant: Vec<&StoredEvent> = events
         .iter()
-        .filter(|e| consumed.contains(&e.aggregate_type.as_str()))
+        .filter(|e| projection.consumes(&e.aggregate_type))
         .collect();
     let passed_over = cursor.passed_over + events.len() - relevant.len();
     if relevant.is_empty() && passed_over < STORE_AFTER_PASSED_OVER {
@@ -520,6 +530,7 @@ pub async fn batch(
                 seen: to,
                 passed_over,
             },
+            read: events.len(),
             applied: 0,
         });
     }
@@ -555,6 +566,7 @@ pub async fn batch(
     }
     Ok(Step::Advanced {
         cursor: Cursor::at(to),
+        read: events.len(),
         applied: relevant.len(),
     })
 }
@@ -664,12 +676,13 @@ pub async fn reset(db: &Database, projection: &dyn Projection) -> Result<(), DbE
 }
 
 /// Applies batches until the projection has passed everything committed when it started,
-/// calling `on_batch` with the number of events each batch applied, and stores the final
-/// checkpoint. Used by `helpdesk replay` and tests.
+/// calling `on_batch(read, applied)` with the number of events each batch read and how
+/// many of them it applied, and stores the final checkpoint. Used by `helpdesk replay` and
+/// tests.
 pub async fn catch_up(
     db: &Database,
     projection: &dyn Projection,
-    mut on_batch: impl FnMut(usize),
+    mut on_batch: impl FnMut(usize, usize),
 ) -> Result<Checkpoint, DbError> {
     let target = event_log::log_head(db).await?;
     let mut cursor = Cursor::at(load_checkpoint(db, projection.name()).await?);
@@ -677,10 +690,11 @@ pub async fn catch_up(
         match batch(db, projection, cursor, None, false).await? {
             Step::Advanced {
                 cursor: to,
+                read,
                 applied,
             } => {
                 cursor = to;
-                on_batch(applied);
+                on_batch(read, applied);
             }
             Step::Overtaken => cursor = Cursor::at(load_checkpoint(db, projection.name()).await?),
             // The fence may hide the head for a moment on PostgreSQL.

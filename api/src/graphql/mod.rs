@@ -9,11 +9,14 @@
 //! - [`chatbot_report`]: the chatbot analytics report.
 //! - [`pipelines`]: pipelines, stages, the kanban board and its cards, pipeline analytics.
 //! - [`notifications`]: the caller's notification center.
+//! - [`audit`]: the event stream, a ticket's history and past states, the audit chain's
+//!   verification, and erasing a customer's personal data.
 //! - [`subscription`]: the subscriptions (`boardChanged`), fed by [`crate::realtime`].
 //!
 //! Each request carries a [`RequestContext`]: the authenticated caller (or why there is none)
 //! and a request id that ends up in the metadata of the events it causes.
 
+pub mod audit;
 pub mod bots;
 pub mod chatbot_report;
 pub mod conversations;
@@ -41,6 +44,7 @@ pub struct QueryRoot(
     chatbot_report::ChatbotReportQuery,
     pipelines::PipelineQuery,
     notifications::NotificationQuery,
+    audit::AuditQuery,
 );
 
 /// Every mutation.
@@ -51,6 +55,7 @@ pub struct MutationRoot(
     bots::BotMutation,
     pipelines::PipelineMutation,
     notifications::NotificationMutation,
+    audit::AuditMutation,
 );
 
 /// The helpdesk's GraphQL schema.

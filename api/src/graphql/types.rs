@@ -117,6 +117,9 @@ pub struct Ticket {
     pub created_by: ID,
     #[graphql(skip)]
     pub organization: String,
+    /// Set for a past state (`ticketAsOf`): the comments it had then.
+    #[graphql(skip)]
+    pub as_of: Option<Vec<CommentRecord>>,
 }
 
 impl Ticket {
@@ -141,15 +144,17 @@ impl Ticket {
             feedback: record.feedback,
             created_by: ID(record.created_by),
             organization: record.organization_id,
+            as_of: None,
         })
     }
 }
 
 #[ComplexObject]
 impl Ticket {
-    /// 1-based place in its division queue while QUEUED, else null.
+    /// 1-based place in its division queue while QUEUED, else null (and null for a past
+    /// state, whose queue around it is not reconstructed).
     async fn queue_position(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<i64>> {
-        if self.status != TicketStatus::Queued {
+        if self.status != TicketStatus::Queued || self.as_of.is_some() {
             return Ok(None);
         }
         caller(ctx)?;
@@ -174,9 +179,16 @@ impl Ticket {
         Ok(record.map(Agent::from))
     }
 
-    /// Comments, oldest first.
+    /// Comments, oldest first (for a past state: those it had then).
     async fn comments(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Comment>> {
         caller(ctx)?;
+        if let Some(past) = &self.as_of {
+            return Ok(past
+                .iter()
+                .cloned()
+                .map(Comment::from_record)
+                .collect::<ApiResult<_>>()?);
+        }
         let helpdesk = helpdesk(ctx)?;
         let records = projections::tickets::comments(&helpdesk.db, &self.organization, &self.id)
             .await
