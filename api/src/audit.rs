@@ -1,5 +1,5 @@
 //! What admins and analysts ask of the log: a ticket's history in plain words and the
-//! ticket as it was at a past instant.
+//! ticket as it was at a past instant; and erasing a customer's personal data.
 //!
 //! Both read the ticket's own events from the log (the caller's organization only). The
 //! history walks them once, keeping the few fields whose before/after it reports. Time
@@ -8,8 +8,10 @@
 //! the live read model showed then.
 
 use chrono::{DateTime, Duration, Utc};
+use domain::customer::CustomerAction;
 use domain::ticket::{AssignmentVia, TicketEvent};
 use projections::event_log::{self, LogFilter, StoredEvent};
+use projections::personal_data::Erasure;
 use projections::rebuild::Scratch;
 use projections::tickets::{CommentRecord, TicketRecord, TicketsProjection};
 use projections::{Database, DbError};
@@ -272,4 +274,50 @@ pub async fn ticket_as_of(
     .await;
     scratch.close().await;
     result
+}
+
+impl crate::helpdesk::Helpdesk {
+    /// Erases a customer's personal data (`eraseCustomer`): deletes their key (see
+    /// [`projections::personal_data::erase_customer`]), then records the erasure in the log
+    /// (`CustomerDataErased`: who and when, nothing of what). `Ok(false)` when the
+    /// organization has no such customer. A request that deleted the key but failed to
+    /// record it is completed by the next one.
+    pub async fn erase_customer(
+        &self,
+        caller: &crate::auth::Caller,
+        request_id: &str,
+        customer_id: &str,
+    ) -> crate::error::ApiResult<bool> {
+        if caller.actor.role != domain::Role::Admin {
+            return Err(crate::error::ApiError::Forbidden(
+                "only an admin may erase a customer's data".into(),
+            ));
+        }
+        let erasure =
+            projections::personal_data::erase_customer(&self.db, &caller.organization, customer_id)
+                .await?;
+        let key_deleted = match erasure {
+            Erasure::Erased => true,
+            Erasure::AlreadyErased => false,
+            Erasure::Unknown => return Ok(false),
+        };
+        self.execute(
+            &self.customers,
+            customer_id,
+            CustomerAction::Erase { key_deleted },
+            &crate::helpdesk::Origin::of(caller, request_id),
+            "eraseCustomer",
+            crate::helpdesk::Wait::No,
+        )
+        .await?;
+        if key_deleted {
+            tracing::info!(
+                organization = %caller.organization,
+                customer = %customer_id,
+                by = %caller.actor.id,
+                "customer's personal data erased"
+            );
+        }
+        Ok(true)
+    }
 }

@@ -182,6 +182,10 @@ pub struct Helpdesk {
     >,
     pub(crate) inboxes:
         CqrsFramework<domain::notification::Inbox, EventStore<domain::notification::Inbox>>,
+    pub(crate) customers: CqrsFramework<
+        domain::customer::CustomerPrivacy,
+        EventStore<domain::customer::CustomerPrivacy>,
+    >,
     /// Which replica runs what.
     pub leases: Leases,
     /// How far the assignment process (when it runs here) has reconciled the log.
@@ -307,6 +311,7 @@ impl Helpdesk {
             card_history: event_store(&db),
             notifications: CqrsFramework::new(event_store(&db), vec![], ()),
             inboxes: CqrsFramework::new(event_store(&db), vec![], ()),
+            customers: CqrsFramework::new(event_store(&db), vec![], ()),
             leases,
             assignment_progress: tokio::sync::watch::channel(projections::Checkpoint::START).0,
             db,
@@ -824,6 +829,7 @@ fn noun(aggregate_type: &str) -> &'static str {
         "Card" => "card",
         "Notification" => "notification",
         "Inbox" => "notifications",
+        "CustomerPrivacy" => "customer",
         _ => "ticket",
     }
 }

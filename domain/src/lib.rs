@@ -12,6 +12,8 @@
 //! - [`conversation`]: the Conversation aggregate — a customer on a channel, messages both
 //!   ways (personal data sealed with the customer's key), the division chosen and the
 //!   ticket humans work on.
+//! - [`customer`]: the CustomerPrivacy aggregate — each erasure of a customer's personal
+//!   data, recorded in the log (what was erased never is).
 //! - [`channel`]: the ChannelConfig aggregate — the public part of a WhatsApp or Telegram
 //!   channel's configuration (its secrets stay outside the log).
 //! - [`menu`]: queue mode's division menu, how an answer picks a division, detection from
@@ -47,6 +49,7 @@ pub mod bot;
 pub mod channel;
 pub mod command;
 pub mod conversation;
+pub mod customer;
 pub mod division;
 pub mod limits;
 pub mod menu;

@@ -26,6 +26,7 @@ use domain::assignment::AssignmentDecision;
 use domain::bot::Bot;
 use domain::channel::ChannelConfig;
 use domain::conversation::Conversation;
+use domain::customer::CustomerPrivacy;
 use domain::division::{AssignmentAlgorithm, Division};
 use domain::notification::{Inbox, Notification};
 use domain::pipeline::{Card, OrganizationPipelines};
@@ -98,6 +99,7 @@ fn codecs() -> Vec<Codec> {
         Codec::of::<Inbox>(),
         Codec::of::<OrganizationPipelines>(),
         Codec::of::<Card>(),
+        Codec::of::<CustomerPrivacy>(),
     ]
 }
 

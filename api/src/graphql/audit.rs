@@ -11,10 +11,9 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use domain::Role;
 use projections::event_log::{self, Checkpoint, LogFilter, StoredEvent};
-use projections::personal_data::{self, Erasure};
 
 use super::types::{PageInfo, Ticket};
-use super::{caller_in, helpdesk, page_size, parse_uuid};
+use super::{caller_in, helpdesk, page_size, parse_uuid, request_id};
 use crate::audit::{self, AuditEntryRecord};
 use crate::error::{ApiError, ApiResult};
 
@@ -325,7 +324,8 @@ pub struct AuditMutation;
 #[Object]
 impl AuditMutation {
     /// Erases a customer's personal data (admins): their name, handle and messages read
-    /// as "[erased]" from now on, everywhere; the log, replay and the audit chain are
+    /// as "[erased]" from now on, everywhere; the log records the erasure
+    /// (`CustomerDataErased`, no personal data), and replay and the audit chain are
     /// unaffected. Erasing an already erased customer is true again; an unknown one is
     /// NOT_FOUND.
     async fn erase_customer(
@@ -335,22 +335,12 @@ impl AuditMutation {
     ) -> async_graphql::Result<bool> {
         let caller = caller_in(ctx, &[Role::Admin], "erase a customer's data")?;
         let customer_id = parse_uuid(&customer_id, "customer")?;
-        let db = &helpdesk(ctx)?.db;
-        match personal_data::erase_customer(db, &caller.organization, &customer_id)
-            .await
-            .map_err(ApiError::from)?
-        {
-            Erasure::Erased => {
-                tracing::info!(
-                    organization = %caller.organization,
-                    customer = %customer_id,
-                    by = %caller.actor.id,
-                    "customer's personal data erased"
-                );
-                Ok(true)
-            }
-            Erasure::AlreadyErased => Ok(true),
-            Erasure::Unknown => Err(ApiError::NotFound("customer not found".into()).into()),
+        let found = helpdesk(ctx)?
+            .erase_customer(caller, &request_id(ctx), &customer_id)
+            .await?;
+        if !found {
+            return Err(ApiError::NotFound("customer not found".into()).into());
         }
+        Ok(true)
     }
 }
