@@ -7,10 +7,10 @@
 //! scratch tables ([`projections::rebuild::Scratch`]), so the past state is exactly what
 //! the live read model showed then.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use domain::customer::CustomerAction;
 use domain::ticket::{AssignmentVia, TicketEvent};
-use projections::event_log::{self, LogFilter, StoredEvent};
+use projections::event_log::{self, StoredEvent};
 use projections::personal_data::Erasure;
 use projections::rebuild::Scratch;
 use projections::tickets::{CommentRecord, TicketRecord, TicketsProjection};
@@ -35,35 +35,32 @@ pub struct AuditEntryRecord {
     pub changes: Value,
 }
 
-/// The events of one ticket of `organization`, oldest first, up to `until` (inclusive).
+/// The events of one ticket of `organization`, oldest first, up to `until` (inclusive);
+/// none when the ticket belongs to another organization.
 pub async fn ticket_events(
     db: &Database,
     organization: &str,
     ticket_id: &str,
     until: Option<DateTime<Utc>>,
 ) -> Result<Vec<StoredEvent>, DbError> {
-    let filter = LogFilter {
-        organization: Some(organization.to_string()),
-        aggregate_type: Some("Ticket".into()),
-        aggregate_id: Some(ticket_id.to_string()),
-        // `to` is exclusive; stored times have microsecond precision.
-        to: until.map(|at| at + Duration::microseconds(1)),
-        ..LogFilter::default()
-    };
-    let mut events = Vec::new();
-    let mut after = event_log::Checkpoint::START;
-    loop {
-        let page = event_log::read_filtered(db, &filter, after, 1_000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.checkpoint;
-        let full = page.len() == 1_000;
-        events.extend(page);
-        if !full {
-            break;
-        }
+    let mut events = event_log::aggregate_events(db, "Ticket", ticket_id).await?;
+    // Every event of an aggregate carries its organization.
+    if events
+        .first()
+        .is_some_and(|e| e.metadata.organization != organization)
+    {
+        return Ok(Vec::new());
     }
-    // Commit order and sequence agree for one aggregate; sort anyway, cheaply.
-    events.sort_by_key(|e| e.sequence);
+    if let Some(until) = until {
+        // A prefix of the history: a state that existed. (A command retried after losing a
+        // race to another replica keeps its earlier acceptance time, so times within an
+        // aggregate can step back by a few milliseconds.)
+        let kept = events
+            .iter()
+            .take_while(|e| e.occurred_at() <= until)
+            .count();
+        events.truncate(kept);
+    }
     Ok(events)
 }
 

@@ -184,6 +184,35 @@ pub async fn read_after_in(
     Ok(rows)
 }
 
+/// Every event of one aggregate, by sequence (its own order, which is also its commit
+/// order): the primary key finds them, however long the log.
+pub async fn aggregate_events(
+    db: &Database,
+    aggregate_type: &str,
+    aggregate_id: &str,
+) -> Result<Vec<StoredEvent>, DbError> {
+    let sql = match db {
+        Backend::Sqlite(_) => {
+            "SELECT position, 0 AS tx, aggregate_type, aggregate_id, sequence, event_type,
+                    event_version, payload, metadata
+               FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+        }
+        Backend::Postgres(_) => {
+            "SELECT position, tx_id::text::bigint AS tx, aggregate_type, aggregate_id, sequence,
+                    event_type, event_version, payload::text AS payload, metadata::text AS metadata
+               FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
+        }
+    };
+    on_backend!(db, |pool| sqlx::query(sql)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .fetch_all(pool)
+        .await?
+        .iter()
+        .map(decode_row)
+        .collect())
+}
+
 /// The place of the newest event of one aggregate: once a projection has passed it, every
 /// event of that aggregate written so far is reflected. `None` if it has no events.
 pub async fn aggregate_head(
@@ -369,8 +398,15 @@ fn filtered_read(
         let position = statement.bind(Bind::Int(after.position));
         conditions.push(format!("position > {position}"));
     }
+    // With an aggregate named, the primary key (type, id, sequence) finds its few events;
+    // SQLite's planner would otherwise walk the organization's index (`+` keeps it off).
+    let organization = if !postgres && filter.aggregate_id.is_some() {
+        "+organization_id"
+    } else {
+        "organization_id"
+    };
     let text_filters = [
-        ("organization_id", &filter.organization),
+        (organization, &filter.organization),
         ("aggregate_type", &filter.aggregate_type),
         ("aggregate_id", &filter.aggregate_id),
     ];
