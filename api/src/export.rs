@@ -56,7 +56,7 @@ pub async fn export(
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<u64> {
     if format == Format::Csv {
-        writeln!(out, "{}", FIELDS.join(","))?;
+        write!(out, "{}\r\n", FIELDS.join(","))?;
     }
     let mut after = Checkpoint::START;
     let mut written = 0u64;

@@ -20,3 +20,11 @@ CREATE TABLE audit_chain
     hash            text    NOT NULL,
     PRIMARY KEY (organization_id, link)
 ) STRICT;
+
+-- A position, once given, never changes (the insert trigger gives it; 0001's update guard
+-- leaves the column out so that the trigger can).
+CREATE TRIGGER events_position_fixed BEFORE UPDATE OF position ON events
+WHEN OLD.position IS NOT NULL
+BEGIN
+  SELECT RAISE(ABORT, 'the event log is append-only');
+END;

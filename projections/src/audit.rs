@@ -28,7 +28,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 
-use crate::db::{Database, DbError, Tx};
+use crate::db::{Backend, Database, DbError, Tx};
 use crate::event_log::{self, Checkpoint, LogFilter, StoredEvent};
 use crate::on_backend;
 use crate::runner::Projection;
@@ -203,6 +203,29 @@ pub async fn verify(
         pending_events: 0,
         head: None,
     };
+    // Rows placed before the start of the log's order (SQLite: a position of zero or less,
+    // or none; PostgreSQL: transaction 0 and such a position) are never read in order —
+    // not by the projections, not by the walk below — yet an aggregate's own reads (by
+    // key) would find them: a forged event. Nothing legitimate is there.
+    let unreachable = match db {
+        Backend::Sqlite(_) => "(position IS NULL OR position <= 0)",
+        Backend::Postgres(_) => "tx_id::text::bigint = 0 AND position <= 0",
+    };
+    let sql = format!(
+        "SELECT MIN(COALESCE(position, 0)) FROM events WHERE organization_id = $1 AND {unreachable}"
+    );
+    let outside: Option<i64> = on_backend!(db, |pool| sqlx::query_scalar(&sql)
+        .bind(organization)
+        .fetch_one(pool)
+        .await?);
+    if let Some(position) = outside {
+        result.ok = false;
+        result.first_bad_position = Some(position);
+        result.problem = Some(format!(
+            "an event at position {position} lies outside the log's order"
+        ));
+        return Ok(result);
+    }
     let mut previous = GENESIS;
     let mut expected_link = 1i64;
     let mut events: VecDeque<event_log::RawEvent> = VecDeque::new();
