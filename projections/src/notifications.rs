@@ -18,7 +18,7 @@ use domain::notification::{InboxEvent, NotificationEvent, NotificationKind};
 use domain::ticket::{AssignmentVia, TicketEvent};
 use sqlx::FromRow;
 
-use crate::db::{timestamp, Database, DbError, Tx};
+use crate::db::{timestamp, Backend, Database, DbError, Tx};
 use crate::event_log::StoredEvent;
 use crate::on_backend;
 use crate::runner::Projection;
@@ -316,23 +316,33 @@ pub async fn notifications(
           ORDER BY position DESC, id LIMIT $5"
     );
     let total = format!("SELECT COUNT(*) FROM notifications WHERE {filter}");
-    Ok(on_backend!(db, |pool| {
+    // Page and count from one snapshot, so `totalCount` never disagrees with the page while
+    // notifications arrive (SQLite: a read transaction is a snapshot in WAL mode).
+    let mut tx = db.begin().await?;
+    if let Backend::Postgres(t) = &mut tx {
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut **t)
+            .await?;
+    }
+    let found = on_backend!(&mut tx, |t| {
         let rows = sqlx::query_as(&page)
             .bind(organization)
             .bind(user_id)
             .bind(unread_only)
             .bind(before.unwrap_or(i64::MAX))
             .bind(limit)
-            .fetch_all(pool)
+            .fetch_all(&mut **t)
             .await?;
         let count: i64 = sqlx::query_scalar(&total)
             .bind(organization)
             .bind(user_id)
             .bind(unread_only)
-            .fetch_one(pool)
+            .fetch_one(&mut **t)
             .await?;
         (rows, count)
-    }))
+    });
+    tx.commit().await?;
+    Ok(found)
 }
 
 /// One notification of a user.
