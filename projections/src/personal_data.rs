@@ -6,6 +6,12 @@
 //! the event log; deleting a customer's key erases everything sealed with it, while the
 //! log, its replay and its audit chain stay as they were. A value whose key is gone reads
 //! as [`ERASED`].
+//!
+//! A customer erased who writes again gets a new key, so one conversation can hold values
+//! sealed with an erased key beside values sealed with the new one. Each sealed value
+//! therefore names its key by a fingerprint (`v2:<fingerprint>:<nonce and ciphertext>`):
+//! a value of another key reads as [`ERASED`], while a value of *this* key that does not
+//! open is corruption and is reported as such.
 
 use std::collections::HashMap;
 
@@ -16,6 +22,7 @@ use base64::Engine;
 use chrono::Utc;
 use domain::conversation::Sealed;
 use rand::RngCore;
+use sha2::{Digest, Sha256};
 
 use crate::db::{timestamp, Database, DbError};
 use crate::on_backend;
@@ -23,14 +30,20 @@ use crate::on_backend;
 /// What a sealed value reads as once its customer's key was erased.
 pub const ERASED: &str = "[erased]";
 
-/// The version prefix of sealed values, so the scheme can change without confusion.
-const PREFIX: &str = "v1:";
+/// The prefix of values sealed before keys had fingerprints (still opened).
+const PREFIX_V1: &str = "v1:";
+
+/// The prefix of values sealed now: `v2:<key fingerprint>:<base64 nonce and ciphertext>`.
+const PREFIX_V2: &str = "v2:";
 
 /// A customer's key, ready to seal and open.
 #[derive(Clone)]
 pub struct CustomerKey {
     customer_id: String,
     cipher: Aes256Gcm,
+    /// Names the key in the values it seals: the first 8 bytes of the SHA-256 of its
+    /// material, in hex (says nothing about the material or the texts).
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for CustomerKey {
@@ -59,6 +72,7 @@ impl CustomerKey {
         Ok(Self {
             customer_id: customer_id.to_string(),
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
+            fingerprint: hex::encode(&Sha256::digest(&bytes)[..8]),
         })
     }
 
@@ -79,10 +93,32 @@ impl CustomerKey {
             .expect("AES-GCM encryption of a bounded text");
         let mut bytes = nonce.to_vec();
         bytes.extend_from_slice(&sealed);
-        Sealed(format!("{PREFIX}{}", STANDARD.encode(bytes)))
+        Sealed(format!(
+            "{PREFIX_V2}{}:{}",
+            self.fingerprint,
+            STANDARD.encode(bytes)
+        ))
     }
 
-    /// Opens a value sealed for this customer.
+    /// Reads a value of this customer: opened when sealed with this key, [`ERASED`] when
+    /// sealed with an earlier key of the customer (erased since).
+    pub fn read(&self, sealed: &Sealed) -> Result<String, DbError> {
+        if self.sealed_with_another_key(sealed) {
+            return Ok(ERASED.to_string());
+        }
+        self.open(sealed)
+    }
+
+    /// Whether `sealed` names a key other than this one.
+    fn sealed_with_another_key(&self, sealed: &Sealed) -> bool {
+        sealed
+            .0
+            .strip_prefix(PREFIX_V2)
+            .and_then(|rest| rest.split_once(':'))
+            .is_some_and(|(fingerprint, _)| fingerprint != self.fingerprint)
+    }
+
+    /// Opens a value sealed with this key; any other value is an error.
     pub fn open(&self, sealed: &Sealed) -> Result<String, DbError> {
         let corrupt = |why: &str| {
             DbError::Corrupt(format!(
@@ -90,10 +126,17 @@ impl CustomerKey {
                 self.customer_id
             ))
         };
-        let body = sealed
-            .0
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| corrupt("no v1 prefix"))?;
+        let body = match sealed.0.strip_prefix(PREFIX_V2) {
+            Some(rest) => match rest.split_once(':') {
+                Some((fingerprint, body)) if fingerprint == self.fingerprint => body,
+                Some(_) => return Err(corrupt("sealed with another key")),
+                None => return Err(corrupt("no key fingerprint")),
+            },
+            None => sealed
+                .0
+                .strip_prefix(PREFIX_V1)
+                .ok_or_else(|| corrupt("no v1 or v2 prefix"))?,
+        };
         let bytes = STANDARD.decode(body).map_err(|_| corrupt("not base64"))?;
         if bytes.len() < 12 {
             return Err(corrupt("too short"));
@@ -228,14 +271,15 @@ pub async fn erase_customer(
     })
 }
 
-/// Opens `sealed` with the customer's key when it still exists, else [`ERASED`].
+/// Opens `sealed` with the customer's key when it still exists and sealed it, else
+/// [`ERASED`] (see [`CustomerKey::read`]).
 pub fn open_or_erased(
     keys: &HashMap<String, CustomerKey>,
     customer_id: &str,
     sealed: &Sealed,
 ) -> Result<String, DbError> {
     match keys.get(customer_id) {
-        Some(key) => key.open(sealed),
+        Some(key) => key.read(sealed),
         None => Ok(ERASED.to_string()),
     }
 }
@@ -252,7 +296,7 @@ mod tests {
     fn sealed_values_open_with_their_key_only() {
         let alice = key("alice");
         let sealed = alice.seal("Saya mau bayar tagihan");
-        assert!(sealed.0.starts_with("v1:"));
+        assert!(sealed.0.starts_with("v2:"));
         assert!(!sealed.0.contains("tagihan"));
         assert_eq!(alice.open(&sealed).expect("open"), "Saya mau bayar tagihan");
         // Same text, fresh nonce: equal texts do not look equal in the log.
@@ -261,6 +305,24 @@ mod tests {
         assert!(key("bob").open(&sealed).is_err());
         assert!(alice.open(&Sealed("v1:AAAA".into())).is_err());
         assert!(alice.open(&Sealed("plain".into())).is_err());
+        // Values sealed before fingerprints still open.
+        let v1 = Sealed(format!("v1:{}", sealed.0.rsplit(':').next().expect("body")));
+        assert_eq!(alice.open(&v1).expect("open v1"), "Saya mau bayar tagihan");
+    }
+
+    #[test]
+    fn a_value_of_an_erased_key_reads_as_erased_beside_the_new_keys_values() {
+        let old = key("alice");
+        let new = CustomerKey::from_stored("alice", &STANDARD.encode([9u8; 32])).expect("key");
+        let before = old.seal("tagihan saya salah");
+        let after = new.seal("halo lagi");
+        assert_eq!(new.read(&before).expect("read"), ERASED);
+        assert_eq!(new.read(&after).expect("read"), "halo lagi");
+        // A value that names this key yet does not open is corruption, not erasure.
+        let mut tampered = after.0.clone();
+        tampered.replace_range(tampered.len() - 4.., "AAAA");
+        assert!(new.read(&Sealed(tampered)).is_err());
+        assert!(new.open(&before).is_err());
     }
 
     #[test]
