@@ -54,7 +54,7 @@ impl Projection for AuditChainProjection {
         &[]
     }
 
-    fn consumes(&self, _aggregate_type: &str) -> bool {
+    fn consumes_every_event(&self) -> bool {
         true
     }
 

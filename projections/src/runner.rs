@@ -38,7 +38,12 @@ pub trait Projection: Send + Sync + 'static {
     /// unless it says otherwise (the audit chain takes every event, yet no command waits
     /// for it).
     fn consumes(&self, aggregate_type: &str) -> bool {
-        self.aggregate_types().contains(&aggregate_type)
+        self.consumes_every_event() || self.aggregate_types().contains(&aggregate_type)
+    }
+    /// Whether it applies every event of the log, whatever its aggregate type (the audit
+    /// chain); otherwise the runner fetches only the payloads of its types.
+    fn consumes_every_event(&self) -> bool {
+        false
     }
     /// The tables it owns; a rebuild empties them.
     fn tables(&self) -> &'static [&'static str];
@@ -47,8 +52,12 @@ pub trait Projection: Send + Sync + 'static {
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError>;
 }
 
-/// How many events a runner applies per transaction.
+/// How many events a runner takes per transaction when it applies every aggregate type.
 pub const BATCH_SIZE: i64 = 500;
+
+/// How many events of the log a runner takes at once when it applies only some aggregate
+/// types: those it passes over are never fetched, so the stretch can be longer.
+const PASS_OVER_STRETCH: i64 = 2_000;
 
 /// Rings whenever events are committed, so idle runners wake at once instead of polling;
 /// and tells where projections run by other replicas stand.
@@ -513,16 +522,23 @@ pub async fn batch(
     telemetry: Option<&ProjectionTelemetry>,
     pause_before_commit: bool,
 ) -> Result<Step, DbError> {
-    let events = event_log::read_after(db, cursor.seen, BATCH_SIZE).await?;
-    let Some(last) = events.last() else {
+    let wanted = (!projection.consumes_every_event()).then(|| projection.aggregate_types());
+    // Passing over costs little, so a projection of a few types takes a longer stretch.
+    let stretch = if wanted.is_some() {
+        PASS_OVER_STRETCH
+    } else {
+        BATCH_SIZE
+    };
+    let window = event_log::read_window(db, cursor.seen, stretch, wanted).await?;
+    let Some((to, last_occurred_at)) = window.last else {
         return Ok(Step::Idle);
     };
-    let to = last.checkpoint;
-    let relevant: Vec<&StoredEvent> = events
+    let relevant: Vec<&StoredEvent> = window
+        .events
         .iter()
         .filter(|e| projection.consumes(&e.aggregate_type))
         .collect();
-    let passed_over = cursor.passed_over + events.len() - relevant.len();
+    let passed_over = cursor.passed_over + window.read - relevant.len();
     if relevant.is_empty() && passed_over < STORE_AFTER_PASSED_OVER {
         return Ok(Step::Advanced {
             cursor: Cursor {
@@ -530,7 +546,7 @@ pub async fn batch(
                 seen: to,
                 passed_over,
             },
-            read: events.len(),
+            read: window.read,
             applied: 0,
         });
     }
@@ -540,7 +556,7 @@ pub async fn batch(
         projection.name(),
         cursor.stored,
         to,
-        &last.metadata.occurred_at,
+        &last_occurred_at,
     )
     .await?
     {
@@ -566,7 +582,7 @@ pub async fn batch(
     }
     Ok(Step::Advanced {
         cursor: Cursor::at(to),
-        read: events.len(),
+        read: window.read,
         applied: relevant.len(),
     })
 }
