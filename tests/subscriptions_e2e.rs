@@ -309,3 +309,56 @@ async fn ticket_changes_reach_queue_watchers_and_their_agents_only() {
         server.stop().await;
     }
 }
+
+/// Many subscribers of one queue share one read of each delivered ticket and of its queue
+/// position; every one of them still sees the values of its own delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queue_watchers_see_each_delivered_tickets_place() {
+    const PLACES: &str = "subscription($d: ID) { queueUpdated(divisionId: $d) {
+        ticketId change ticket { id status queuePosition } } }";
+    for db in TestDb::all().await {
+        let server = Server::start(&db).await;
+        let admin = admin();
+        let division = server
+            .data(
+                &admin,
+                "mutation { createDivision(input: { name: \"Billing\", assignmentMode: CLAIM }) { id } }",
+                json!({}),
+            )
+            .await["createDivision"]["id"]
+            .as_str()
+            .expect("division")
+            .to_string();
+        let mut watchers = Vec::new();
+        for _ in 0..3 {
+            watchers.push(subscribe(&server, &admin, PLACES, json!({ "d": division })).await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut tickets = Vec::new();
+        for subject in ["Tagihan ganda", "Paket belum sampai"] {
+            tickets.push(
+                server
+                    .create_ticket_id_with(
+                        &admin,
+                        json!({ "subject": subject, "divisionId": division }),
+                    )
+                    .await,
+            );
+        }
+        for watcher in &mut watchers {
+            for (place, ticket) in tickets.iter().enumerate() {
+                let created = expect_change(watcher, "queueUpdated", "TicketCreated").await;
+                assert_eq!(created["ticketId"], ticket.as_str(), "{:?}", db.backend);
+                assert_eq!(created["ticket"]["id"], ticket.as_str());
+                assert_eq!(created["ticket"]["status"], "QUEUED");
+                assert_eq!(
+                    created["ticket"]["queuePosition"],
+                    place + 1,
+                    "{:?}: {created}",
+                    db.backend
+                );
+            }
+        }
+        server.stop().await;
+    }
+}

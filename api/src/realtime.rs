@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use projections::event_log::{self, Checkpoint, StoredEvent};
+use projections::tickets::TicketRecord;
 use projections::Database;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -166,6 +167,9 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     }
 }
 
+/// A ticket's queue position read at most once, by the first of many subscribers that asks.
+pub type SharedQueuePosition = Arc<tokio::sync::OnceCell<Option<i64>>>;
+
 /// A change of a ticket, as the ticket feeds (`queueUpdated`, `myTickets`) tell it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TicketChange {
@@ -185,6 +189,13 @@ pub struct TicketChange {
     pub at: chrono::DateTime<chrono::Utc>,
     /// The event's position in the log.
     pub log_position: i64,
+    /// The ticket's row as the feed read it once the projection had applied the change
+    /// (it may show later changes too): every subscriber resolving `ticket` shares it
+    /// instead of reading the row again.
+    pub ticket: Arc<TicketRecord>,
+    /// The ticket's queue position, read at most once for all subscribers (by the first
+    /// that asks).
+    pub queue_position: SharedQueuePosition,
 }
 
 /// The ticket change an event of the log means (the ticket feed's translation).
@@ -227,12 +238,14 @@ pub async fn ticket_change(db: Database, event: StoredEvent) -> Option<Published
         organization,
         message: TicketChange {
             ticket_id: event.aggregate_id.clone(),
-            division_id: row.division_id,
+            division_id: row.division_id.clone(),
             event_type: event.event_type.clone(),
             agents,
             queue_changed,
             at: event.occurred_at(),
             log_position: event.position(),
+            ticket: Arc::new(row),
+            queue_position: Arc::default(),
         },
     })
 }

@@ -3,10 +3,13 @@
 //! helpdesk's real-time feeds ([`crate::realtime`]) and passes on only what belongs to the
 //! caller's organization.
 
+use std::sync::Arc;
+
 use async_graphql::{ComplexObject, Context, SimpleObject, Subscription, ID};
 use chrono::{DateTime, Utc};
 use domain::Role;
 use futures::Stream;
+use projections::tickets::TicketRecord;
 
 use super::conversations::Message;
 use super::notifications::Notification;
@@ -14,7 +17,7 @@ use super::types::Ticket;
 use super::{caller_in, helpdesk, parse_uuid};
 use crate::error::ApiError;
 use crate::pipelines::{BoardChange as Change, BoardChangeKind};
-use crate::realtime::{Delivery, Subscriber, TicketChange};
+use crate::realtime::{Delivery, SharedQueuePosition, Subscriber, TicketChange};
 
 /// One change of a board, sent once the board shows it.
 #[derive(SimpleObject, Clone)]
@@ -65,42 +68,44 @@ pub struct TicketUpdate {
     pub at: Option<DateTime<Utc>>,
     /// The event's position in the log (null for a refetch).
     pub log_position: Option<i64>,
+    /// The row and queue position shared by every subscriber of this change (none for a
+    /// refetch).
     #[graphql(skip)]
-    organization: String,
+    shared: Option<(Arc<TicketRecord>, SharedQueuePosition)>,
 }
 
 #[ComplexObject]
 impl TicketUpdate {
-    /// The ticket as it is now.
-    async fn ticket(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Ticket>> {
-        let Some(id) = &self.ticket_id else {
+    /// The ticket as the read model showed it once this change was applied (it may show
+    /// later changes too); null for a refetch. A thousand subscribers share one read.
+    async fn ticket(&self) -> async_graphql::Result<Option<Ticket>> {
+        let Some((record, queue_position)) = &self.shared else {
             return Ok(None);
         };
-        let record = projections::tickets::ticket(&helpdesk(ctx)?.db, &self.organization, id)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(record.map(Ticket::from_record).transpose()?)
+        let mut ticket = Ticket::from_record(TicketRecord::clone(record))?;
+        ticket.shared_queue_position = Some(queue_position.clone());
+        Ok(Some(ticket))
     }
 }
 
 impl TicketUpdate {
-    fn of(change: &TicketChange, organization: &str) -> Self {
+    fn of(change: &TicketChange) -> Self {
         Self {
             ticket_id: Some(ID(change.ticket_id.clone())),
             change: change.event_type.clone(),
             at: Some(change.at),
             log_position: Some(change.log_position),
-            organization: organization.to_string(),
+            shared: Some((change.ticket.clone(), change.queue_position.clone())),
         }
     }
 
-    fn refetch(organization: &str) -> Self {
+    fn refetch() -> Self {
         Self {
             ticket_id: None,
             change: "REFETCH".into(),
             at: None,
             log_position: None,
-            organization: organization.to_string(),
+            shared: None,
         }
     }
 }
@@ -219,21 +224,19 @@ impl SubscriptionRoot {
                 .ensure_division(&caller.organization, division)
                 .await?;
         }
-        let organization = caller.organization.clone();
         let refetch_division = division_id.clone();
-        let refetch_organization = organization.clone();
         Ok(deliveries(
             subscriber,
-            organization.clone(),
+            caller.organization.clone(),
             move |change: &TicketChange| {
                 (change.queue_changed && change.division_id == division_id).then(|| QueueUpdate {
                     division_id: change.division_id.clone().map(ID),
-                    update: TicketUpdate::of(change, &organization),
+                    update: TicketUpdate::of(change),
                 })
             },
             move || QueueUpdate {
                 division_id: refetch_division.clone().map(ID),
-                update: TicketUpdate::refetch(&refetch_organization),
+                update: TicketUpdate::refetch(),
             },
         ))
     }
@@ -247,19 +250,17 @@ impl SubscriptionRoot {
         let caller = caller_in(ctx, &[Role::Agent], "follow their own tickets")?;
         let helpdesk = helpdesk(ctx)?;
         let subscriber = helpdesk.ticket_changes.subscribe();
-        let organization = caller.organization.clone();
         let agent = caller.actor.id.clone();
-        let refetch_organization = organization.clone();
         Ok(deliveries(
             subscriber,
-            organization.clone(),
+            caller.organization.clone(),
             move |change: &TicketChange| {
                 change
                     .agents
                     .contains(&agent)
-                    .then(|| TicketUpdate::of(change, &organization))
+                    .then(|| TicketUpdate::of(change))
             },
-            move || TicketUpdate::refetch(&refetch_organization),
+            TicketUpdate::refetch,
         ))
     }
 

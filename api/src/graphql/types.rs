@@ -12,6 +12,7 @@ use projections::tickets::{CommentRecord, TicketRecord};
 
 use super::{caller, helpdesk};
 use crate::error::{ApiError, ApiResult};
+use crate::realtime::SharedQueuePosition;
 
 /// Where a ticket is in its lifecycle.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -120,6 +121,10 @@ pub struct Ticket {
     /// Set for a past state (`ticketAsOf`): the comments it had then.
     #[graphql(skip)]
     pub as_of: Option<Vec<CommentRecord>>,
+    /// Set for a ticket delivered to many subscribers at once: its queue position is read
+    /// once and shared.
+    #[graphql(skip)]
+    pub shared_queue_position: Option<SharedQueuePosition>,
 }
 
 impl Ticket {
@@ -145,6 +150,7 @@ impl Ticket {
             created_by: ID(record.created_by),
             organization: record.organization_id,
             as_of: None,
+            shared_queue_position: None,
         })
     }
 }
@@ -159,11 +165,15 @@ impl Ticket {
         }
         caller(ctx)?;
         let helpdesk = helpdesk(ctx)?;
-        Ok(
+        let read = || async {
             projections::queue::position(&helpdesk.db, &self.organization, &self.id)
                 .await
-                .map_err(ApiError::from)?,
-        )
+                .map_err(ApiError::from)
+        };
+        Ok(match &self.shared_queue_position {
+            Some(shared) => *shared.get_or_try_init(read).await?,
+            None => read().await?,
+        })
     }
 
     /// The agent holding the ticket (null when none, or not a registered agent).
