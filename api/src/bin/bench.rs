@@ -17,6 +17,12 @@
 //! - `board`: the first page of every column of a pipeline of 10 stages holding 50,000
 //!   cards (the GraphQL `board` query), and `moveCard` end to end — see the `board` module
 //!   (`bench/board.rs`).
+//! - `log`: 1,000,000 events decided by the aggregates: reading the log, rebuilding every
+//!   projection, the audit chain and its verification, the export — see the `log` module
+//!   (`bench/log.rs`).
+//! - `subscribers`: 1,000 graphql-transport-ws subscribers of `queueUpdated` on one real
+//!   server while tickets are created: delivery latency, completeness, memory and CPU —
+//!   see the `subscribers` module (`bench/subscribers.rs`).
 //!
 //! # What runs (lifecycle)
 //!
@@ -71,6 +77,8 @@
 //! cargo run --release -p api --bin bench -- --scenario inbound
 //! cargo run --release -p api --bin bench -- --scenario chatbot-report
 //! cargo run --release -p api --bin bench -- --scenario board
+//! cargo run --release -p api --bin bench -- --scenario log --backend postgres
+//! cargo run --release -p api --bin bench -- --scenario subscribers
 //! ```
 //!
 //! PostgreSQL is reached at `--postgres-url` (default `TEST_DATABASE_URL`, else
@@ -121,8 +129,12 @@ mod board;
 mod chatbot_report;
 #[path = "bench/inbound.rs"]
 mod inbound;
+#[path = "bench/log.rs"]
+mod log;
 #[path = "bench/queue_position.rs"]
 mod queue_position;
+#[path = "bench/subscribers.rs"]
+mod subscribers;
 
 /// The PostgreSQL server used when neither `--postgres-url` nor `TEST_DATABASE_URL` is set.
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -247,6 +259,15 @@ struct Args {
     /// board: concurrent clients moving cards.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     board_clients: u64,
+    /// log: events in the log (decided by the aggregates, appended in bulk).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1_000..=20_000_000))]
+    log_events: u64,
+    /// log: seconds the audit chain's runner may chain for; the rest is filled in bulk.
+    #[arg(long, default_value_t = 180)]
+    log_chain_seconds: u64,
+    /// log: events of the log's start applied again to count each projection's statements.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    log_profile_events: u64,
 }
 
 /// The `--scenario` choices.
@@ -264,6 +285,10 @@ enum Scenario {
     ChatbotReport,
     /// A pipeline board of 10 stages and 50,000 cards: first pages and card moves.
     Board,
+    /// The event log at 1,000,000 events: reads, rebuilds, audit chain, export.
+    Log,
+    /// 1,000 websocket subscribers of one server: delivery latency, completeness, memory.
+    Subscribers,
 }
 
 /// The `--backend` choices.
@@ -316,6 +341,12 @@ async fn main() -> ExitCode {
         Scenario::Board => board::run(&args)
             .await
             .map(|runs| board::print_report(&args, &runs)),
+        Scenario::Log => log::run(&args)
+            .await
+            .map(|runs| log::print_report(&args, &runs)),
+        Scenario::Subscribers => subscribers::run(&args)
+            .await
+            .map(|runs| subscribers::print_report(&args, &runs)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
