@@ -136,6 +136,79 @@ mod queue_position;
 #[path = "bench/subscribers.rs"]
 mod subscribers;
 
+/// How long a server started by a scenario may take to answer `/healthz`.
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// The server running in this process.
+struct RunningServer {
+    /// `http://127.0.0.1:<port>`.
+    base: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Starts [`api::server::serve`] on a free loopback port against `url`, with the
+    /// helpdesk's defaults except the token secret (the scenario mints tokens with it) and
+    /// outbound delivery (off: no provider to deliver to).
+    async fn start(url: &str, http: &reqwest::Client, jwt_secret: &str) -> anyhow::Result<Self> {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a port")?;
+            probe.local_addr()?.port()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let vars: std::collections::BTreeMap<&str, String> = [
+            ("DATABASE_URL", url.to_string()),
+            ("HELPDESK_ADDR", addr.clone()),
+            ("HELPDESK_JWT_SECRET", jwt_secret.to_string()),
+            ("HELPDESK_OUTBOX_DELIVERY", "off".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let config = Config::from_lookup(|key| vars.get(key).cloned())
+            .context("building the server configuration")?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(api::server::serve(config, shutdown.clone()));
+        let server = Self {
+            base: format!("http://{addr}"),
+            shutdown,
+            task,
+        };
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if server.task.is_finished() {
+                return Err(server
+                    .stop()
+                    .await
+                    .err()
+                    .unwrap_or_else(|| anyhow!("the server stopped at once")));
+            }
+            let healthy = http
+                .get(format!("{}/healthz", server.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if healthy {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                let _ = server.stop().await;
+                bail!("the server did not answer /healthz within {STARTUP:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Drains and stops the server.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
+            Ok(joined) => joined.context("the server panicked")?,
+            Err(_) => bail!("the server did not stop within 30 s"),
+        }
+    }
+}
+
 /// The PostgreSQL server used when neither `--postgres-url` nor `TEST_DATABASE_URL` is set.
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

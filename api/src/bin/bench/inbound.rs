@@ -67,17 +67,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use api::auth::TokenKeys;
-use api::config::Config;
 use cqrs_es::EventStore as _;
 use domain::conversation::{Channel, Conversation};
 use domain::Role;
 
 use super::{
     latency_histogram, micros, on_fresh_databases, progress_bar, quantile_columns, quantile_header,
-    Args, ORGANIZATION,
+    Args, RunningServer, ORGANIZATION,
 };
 
 /// The JWT secret of the bench's server.
@@ -92,9 +90,6 @@ const DEPTH_SEGMENTS: u64 = 4;
 
 /// How many times each timed Conversation aggregate is loaded.
 const LOADS: u64 = 200;
-
-/// How long the server may take to answer `/healthz` after its start.
-const STARTUP: Duration = Duration::from_secs(60);
 
 /// One flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,73 +181,6 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<InboundRun>> {
     .await
 }
 
-/// The server running in this process.
-struct RunningServer {
-    base: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl RunningServer {
-    /// Starts [`api::server::serve`] on a free loopback port against `url`.
-    async fn start(url: &str, http: &reqwest::Client) -> anyhow::Result<Self> {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a port")?;
-            probe.local_addr()?.port()
-        };
-        let addr = format!("127.0.0.1:{port}");
-        let vars: BTreeMap<&str, String> = [
-            ("DATABASE_URL", url.to_string()),
-            ("HELPDESK_ADDR", addr.clone()),
-            ("HELPDESK_JWT_SECRET", JWT_SECRET.to_string()),
-            ("HELPDESK_OUTBOX_DELIVERY", "off".to_string()),
-        ]
-        .into_iter()
-        .collect();
-        let config = Config::from_lookup(|key| vars.get(key).cloned())
-            .context("building the server configuration")?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(api::server::serve(config, shutdown.clone()));
-        let server = Self {
-            base: format!("http://{addr}"),
-            shutdown,
-            task,
-        };
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if server.task.is_finished() {
-                return Err(server
-                    .stop()
-                    .await
-                    .err()
-                    .unwrap_or_else(|| anyhow!("the server stopped at once")));
-            }
-            let healthy = http
-                .get(format!("{}/healthz", server.base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if healthy {
-                return Ok(server);
-            }
-            if Instant::now() > deadline {
-                let _ = server.stop().await;
-                bail!("the server did not answer /healthz within {STARTUP:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Drains and stops the server.
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
-            Ok(joined) => joined.context("the server panicked")?,
-            Err(_) => bail!("the server did not stop within 30 s"),
-        }
-    }
-}
-
 async fn measure(backend: &'static str, url: String, args: &Args) -> anyhow::Result<InboundRun> {
     let load_before = load_average();
     let http = reqwest::Client::builder()
@@ -260,7 +188,7 @@ async fn measure(backend: &'static str, url: String, args: &Args) -> anyhow::Res
         .timeout(Duration::from_secs(60))
         .build()
         .context("building the HTTP client")?;
-    let server = RunningServer::start(&url, &http).await?;
+    let server = RunningServer::start(&url, &http, JWT_SECRET).await?;
     let measured = async {
         let db = Database::connect(Some(&url))
             .await

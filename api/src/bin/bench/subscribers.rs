@@ -107,12 +107,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use api::auth::TokenKeys;
-use api::config::Config;
 use domain::Role;
 
 use super::{
     latency_histogram, micros, on_fresh_databases, progress_bar, quantile_columns, quantile_header,
-    Args, ORGANIZATION,
+    Args, RunningServer, ORGANIZATION,
 };
 
 /// Subscribers of the measured phases.
@@ -138,9 +137,6 @@ const FLEET_ENV: &str = "BENCH_SUBSCRIBERS_FLEET";
 
 /// The JWT secret of the bench's server (also handed to the client process).
 const JWT_SECRET: &str = "bench-subscribers-jwt-secret";
-
-/// How long the server may take to answer `/healthz` after its start.
-const STARTUP: Duration = Duration::from_secs(60);
 
 /// How long a sentinel may take to reach every subscriber, and how many are tried.
 const SENTINEL_WAIT: Duration = Duration::from_secs(30);
@@ -310,73 +306,6 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<SubscribersRun>> {
 // ---------------------------------------------------------------------------------------
 // The server side (this process).
 
-/// The server running in this process.
-struct RunningServer {
-    base: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl RunningServer {
-    /// Starts [`api::server::serve`] on a free loopback port against `url`.
-    async fn start(url: &str, http: &reqwest::Client) -> anyhow::Result<Self> {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").context("finding a port")?;
-            probe.local_addr()?.port()
-        };
-        let addr = format!("127.0.0.1:{port}");
-        let vars: BTreeMap<&str, String> = [
-            ("DATABASE_URL", url.to_string()),
-            ("HELPDESK_ADDR", addr.clone()),
-            ("HELPDESK_JWT_SECRET", JWT_SECRET.to_string()),
-            ("HELPDESK_OUTBOX_DELIVERY", "off".to_string()),
-        ]
-        .into_iter()
-        .collect();
-        let config = Config::from_lookup(|key| vars.get(key).cloned())
-            .context("building the server configuration")?;
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(api::server::serve(config, shutdown.clone()));
-        let server = Self {
-            base: format!("http://{addr}"),
-            shutdown,
-            task,
-        };
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if server.task.is_finished() {
-                return Err(server
-                    .stop()
-                    .await
-                    .err()
-                    .unwrap_or_else(|| anyhow!("the server stopped at once")));
-            }
-            let healthy = http
-                .get(format!("{}/healthz", server.base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if healthy {
-                return Ok(server);
-            }
-            if Instant::now() > deadline {
-                let _ = server.stop().await;
-                bail!("the server did not answer /healthz within {STARTUP:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Drains and stops the server.
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        match tokio::time::timeout(Duration::from_secs(30), self.task).await {
-            Ok(joined) => joined.context("the server panicked")?,
-            Err(_) => bail!("the server did not stop within 30 s"),
-        }
-    }
-}
-
 async fn measure(backend: &'static str, url: String) -> anyhow::Result<SubscribersRun> {
     let load_before = load_average();
     // Each subscriber holds a socket here and one in the client process.
@@ -391,7 +320,7 @@ async fn measure(backend: &'static str, url: String) -> anyhow::Result<Subscribe
         .timeout(Duration::from_secs(60))
         .build()
         .context("building the HTTP client")?;
-    let server = RunningServer::start(&url, &http).await?;
+    let server = RunningServer::start(&url, &http, JWT_SECRET).await?;
     let measured = measure_on(backend, &server.base, &http, &mut memory).await;
     drop(http);
     let stopped = server.stop().await;
