@@ -209,6 +209,71 @@ impl RunningServer {
     }
 }
 
+/// Posts a GraphQL request to a server a scenario started; fails on errors.
+async fn graphql(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    query: &str,
+    variables: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let response: serde_json::Value = http
+        .post(format!("{base}/graphql"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .context("POST /graphql")?
+        .json()
+        .await
+        .context("GraphQL answer")?;
+    if let Some(errors) = response.get("errors") {
+        bail!("GraphQL errors: {errors}");
+    }
+    Ok(response["data"].clone())
+}
+
+/// The `/metrics` series the scenarios' breakdowns use (commands, projection lag, conflict
+/// retries, consistency timeouts): `name{labels}` → value.
+async fn scrape_metrics(
+    http: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .context("GET /metrics")?
+        .text()
+        .await
+        .context("reading /metrics")?;
+    let wanted = [
+        "helpdesk_command_duration_seconds_sum{",
+        "helpdesk_command_duration_seconds_count{",
+        "helpdesk_projection_lag_seconds_sum{",
+        "helpdesk_projection_lag_seconds_count{",
+        "helpdesk_command_conflict_retries_total{",
+        "helpdesk_consistency_timeouts_total{",
+    ];
+    Ok(text
+        .lines()
+        .filter(|line| wanted.iter().any(|w| line.starts_with(w)))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// `/proc/loadavg`'s three load averages, or `?`: printed beside every figure, since the
+/// machine is shared.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into())
+}
+
 /// The PostgreSQL server used when neither `--postgres-url` nor `TEST_DATABASE_URL` is set.
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

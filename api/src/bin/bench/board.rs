@@ -128,7 +128,7 @@ use api::helpdesk::{Helpdesk, NewTicket};
 use api::pipelines::{card_id, NewStage};
 
 use super::{
-    admin, failed, for_each_concurrently, latency_histogram, micros, on_fresh_databases,
+    admin, failed, for_each_concurrently, latency_histogram, loadavg, micros, on_fresh_databases,
     progress_bar, quantile_columns, quantile_header, Args, ORGANIZATION,
 };
 
@@ -1605,14 +1605,6 @@ async fn explain_sqlite(pool: &sqlx::SqlitePool, statements: &[String]) -> anyho
 
 // ---------------------------------------------------------------------------------------
 // The table.
-
-/// `/proc/loadavg`'s three load averages, or `?`.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "?".into())
-}
 
 /// Prints the tables (and the plans) on stdout.
 pub fn print_report(args: &Args, runs: &[BoardRun]) {

@@ -60,7 +60,7 @@ use anyhow::{anyhow, bail, Context};
 use hdrhistogram::Histogram;
 use hmac::{Hmac, Mac};
 use projections::Database;
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,8 +74,8 @@ use domain::conversation::{Channel, Conversation};
 use domain::Role;
 
 use super::{
-    latency_histogram, micros, on_fresh_databases, progress_bar, quantile_columns, quantile_header,
-    Args, RunningServer, ORGANIZATION,
+    graphql, latency_histogram, loadavg, micros, on_fresh_databases, progress_bar,
+    quantile_columns, quantile_header, scrape_metrics, Args, RunningServer, ORGANIZATION,
 };
 
 /// The JWT secret of the bench's server.
@@ -182,7 +182,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<InboundRun>> {
 }
 
 async fn measure(backend: &'static str, url: String, args: &Args) -> anyhow::Result<InboundRun> {
-    let load_before = load_average();
+    let load_before = loadavg();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.inbound_clients as usize * 2)
         .timeout(Duration::from_secs(60))
@@ -205,7 +205,7 @@ async fn measure(backend: &'static str, url: String, args: &Args) -> anyhow::Res
     Ok(InboundRun {
         backend,
         load_before,
-        load_after: load_average(),
+        load_after: loadavg(),
         flows,
     })
 }
@@ -312,30 +312,6 @@ async fn measure_flows(
     .with_context(|| format!("{backend}: after flow (c)"))?;
     flows.push(run);
     Ok(flows)
-}
-
-/// Posts a GraphQL request as the admin; fails on errors.
-async fn graphql(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    query: &str,
-    variables: Value,
-) -> anyhow::Result<Value> {
-    let response: Value = http
-        .post(format!("{base}/graphql"))
-        .bearer_auth(token)
-        .json(&json!({ "query": query, "variables": variables }))
-        .send()
-        .await
-        .context("POST /graphql")?
-        .json()
-        .await
-        .context("GraphQL answer")?;
-    if let Some(errors) = response.get("errors") {
-        bail!("GraphQL errors: {errors}");
-    }
-    Ok(response["data"].clone())
 }
 
 /// A WhatsApp Cloud API notification with one text message, and its signature header.
@@ -489,37 +465,6 @@ async fn drive(
         checked: String::new(),
         loads: Vec::new(),
     })
-}
-
-/// The series of `/metrics` the breakdown uses: `name{labels}` → value.
-async fn scrape_metrics(
-    http: &reqwest::Client,
-    base: &str,
-) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .context("GET /metrics")?
-        .text()
-        .await
-        .context("reading /metrics")?;
-    let wanted = [
-        "helpdesk_command_duration_seconds_sum{",
-        "helpdesk_command_duration_seconds_count{",
-        "helpdesk_projection_lag_seconds_sum{",
-        "helpdesk_projection_lag_seconds_count{",
-        "helpdesk_command_conflict_retries_total{",
-        "helpdesk_consistency_timeouts_total{",
-    ];
-    Ok(text
-        .lines()
-        .filter(|line| wanted.iter().any(|w| line.starts_with(w)))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect())
 }
 
 /// Per command (`command="x",outcome="y"`) and per projection's lag (`projection="x"`):
@@ -678,14 +623,6 @@ async fn check(db: &Database, expected: &Expected) -> anyhow::Result<String> {
         );
     }
     Ok(report.join(", "))
-}
-
-/// `/proc/loadavg`'s three load averages, or `?`.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "?".into())
 }
 
 /// Prints the tables on stdout.

@@ -117,7 +117,7 @@ use api::conversations::{channel_id, derived_id};
 use api::export::{self, Format};
 use api::helpdesk::all_projections;
 
-use super::{on_fresh_databases, progress_bar, Args};
+use super::{loadavg, on_fresh_databases, progress_bar, Args};
 
 /// The organizations and their shares of the tickets.
 const ORGANIZATIONS: [(&str, u32); 8] = [
@@ -2252,14 +2252,6 @@ fn memory() -> (u64, u64) {
 /// Resets `VmHWM` to the current RSS (Linux 4.0+); whether it worked.
 fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// `/proc/loadavg`'s three load averages, or `?`.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "?".into())
 }
 
 // ---------------------------------------------------------------------------------------

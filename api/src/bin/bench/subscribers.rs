@@ -110,8 +110,8 @@ use api::auth::TokenKeys;
 use domain::Role;
 
 use super::{
-    latency_histogram, micros, on_fresh_databases, progress_bar, quantile_columns, quantile_header,
-    Args, RunningServer, ORGANIZATION,
+    graphql, latency_histogram, loadavg, micros, on_fresh_databases, progress_bar,
+    quantile_columns, quantile_header, scrape_metrics, Args, RunningServer, ORGANIZATION,
 };
 
 /// Subscribers of the measured phases.
@@ -307,7 +307,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<SubscribersRun>> {
 // The server side (this process).
 
 async fn measure(backend: &'static str, url: String) -> anyhow::Result<SubscribersRun> {
-    let load_before = load_average();
+    let load_before = loadavg();
     // Each subscriber holds a socket here and one in the client process.
     let open_files = raise_open_files((SUBSCRIBERS + 512) as libc::rlim_t)?;
     let mut memory = vec![MemoryMark {
@@ -329,7 +329,7 @@ async fn measure(backend: &'static str, url: String) -> anyhow::Result<Subscribe
     Ok(SubscribersRun {
         backend,
         load_before,
-        load_after: load_average(),
+        load_after: loadavg(),
         open_files,
         phases,
         memory,
@@ -405,7 +405,7 @@ async fn run_phase(
         spec.subscribers,
         spec.selection.label()
     );
-    eprintln!("{name}: connecting (load {})", load_average());
+    eprintln!("{name}: connecting (load {})", loadavg());
     let started = Instant::now();
     let reply = fleet
         .request(&format!(
@@ -603,30 +603,6 @@ impl Driver<'_> {
     }
 }
 
-/// Posts a GraphQL request; fails on errors.
-async fn graphql(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    query: &str,
-    variables: Value,
-) -> anyhow::Result<Value> {
-    let response: Value = http
-        .post(format!("{base}/graphql"))
-        .bearer_auth(token)
-        .json(&json!({ "query": query, "variables": variables }))
-        .send()
-        .await
-        .context("POST /graphql")?
-        .json()
-        .await
-        .context("GraphQL answer")?;
-    if let Some(errors) = response.get("errors") {
-        bail!("GraphQL errors: {errors}");
-    }
-    Ok(response["data"].clone())
-}
-
 /// Who received one message, when (in the client process, and as it reports it).
 struct Receipts {
     log_position: i64,
@@ -743,36 +719,6 @@ fn tally(spec: PhaseSpec, subscribers: usize, sent: &[Sent], dump: &Dump) -> any
     phase.drive_wall = Duration::from_micros((last_answer - first_start).max(0) as u64);
     phase.deliver_wall = Duration::from_micros((last_receipt - first_start).max(0) as u64);
     Ok(phase)
-}
-
-/// The series of `/metrics` the breakdown uses: `name{labels}` → value.
-async fn scrape_metrics(
-    http: &reqwest::Client,
-    base: &str,
-) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .context("GET /metrics")?
-        .text()
-        .await
-        .context("reading /metrics")?;
-    let wanted = [
-        "helpdesk_command_duration_seconds_sum{",
-        "helpdesk_command_duration_seconds_count{",
-        "helpdesk_projection_lag_seconds_sum{",
-        "helpdesk_projection_lag_seconds_count{",
-        "helpdesk_consistency_timeouts_total{",
-    ];
-    Ok(text
-        .lines()
-        .filter(|line| wanted.iter().any(|w| line.starts_with(w)))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect())
 }
 
 /// Per command and per projection's lag: samples and mean ms between two scrapes, and the
@@ -1400,14 +1346,6 @@ impl CpuSnapshot {
             machine: seconds(self.machine, before.machine),
         }
     }
-}
-
-/// `/proc/loadavg`'s three load averages, or `?`.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "?".into())
 }
 
 // ---------------------------------------------------------------------------------------
