@@ -5,6 +5,12 @@
 //! metadata are copied as the JSON text the log holds (never parsed and re-encoded), so
 //! an analyst's checksum over the exported payloads equals one over the table.
 //!
+//! Reading and writing overlap: a reader task fetches the next page while the current one
+//! is formatted, through a channel of [`PAGES_AHEAD`] pages, so at most that many pages
+//! plus the one being written are ever held. Without the overlap the export ran at the
+//! read rate times the share of time not spent formatting (136,727 events/s against a
+//! read rate of 196,032 on the benchmark's log).
+//!
 //! Each record carries the log's columns plus the metadata fields analysts filter on:
 //!
 //! - NDJSON: one object per line, `{"position", "aggregateType", "aggregateId",
@@ -13,14 +19,17 @@
 //! - CSV (RFC 4180, header row): the same fields in that order, payload and metadata as
 //!   JSON text.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::io::Write;
 
 use projections::event_log::{self, Checkpoint, LogFilter, RawEvent};
-use projections::Database;
+use projections::{Database, DbError};
 
 /// Events read per round trip.
 pub const PAGE: i64 = 5_000;
+
+/// Pages read ahead of the one being written.
+pub const PAGES_AHEAD: usize = 2;
 
 /// The output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,48 +67,84 @@ pub async fn export(
     if format == Format::Csv {
         write!(out, "{}\r\n", FIELDS.join(","))?;
     }
-    let mut after = Checkpoint::START;
+    let (pages, mut received) = tokio::sync::mpsc::channel(PAGES_AHEAD);
+    let reader = tokio::spawn(read_pages(db.clone(), filter.clone(), pages));
     let mut written = 0u64;
     let mut line = Vec::with_capacity(4096);
-    loop {
-        let page = event_log::read_raw(db, filter, after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.checkpoint;
-        let full = page.len() as i64 == PAGE;
-        for event in &page {
-            line.clear();
-            match format {
-                Format::Ndjson => ndjson(event, &mut line)?,
-                Format::Csv => csv(event, &mut line)?,
+    let formatted = async {
+        while let Some(page) = received.recv().await {
+            let page = page?;
+            for event in &page {
+                line.clear();
+                match format {
+                    Format::Ndjson => ndjson(event, &mut line)?,
+                    Format::Csv => csv(event, &mut line)?,
+                }
+                out.write_all(&line)?;
             }
-            out.write_all(&line)?;
+            written += page.len() as u64;
+            progress(page.len());
         }
-        written += page.len() as u64;
-        progress(page.len());
-        if !full {
-            break;
-        }
+        out.flush()?;
+        anyhow::Ok(())
     }
-    out.flush()?;
+    .await;
+    // Dropping the receiver (on an error here) stops the reader at its next send.
+    drop(received);
+    reader.await?;
+    formatted?;
     Ok(written)
 }
+/// Sends the pages of the log matching `filter` in commit order until the log's end, the
+/// first error, or the receiver's going away.
+async fn read_pages(
+    db: Database,
+    filter: LogFilter,
+    pages: tokio::sync::mpsc::Sender<Result<Vec<RawEvent>, DbError>>,
+) {
+    let mut after = Checkpoint::START;
+    loop {
+        let page = event_log::read_raw(&db, &filter, after, PAGE).await;
+        let next = match &page {
+            Ok(events) if events.is_empty() => return,
+            Ok(events) => events
+                .last()
+                .filter(|_| events.len() as i64 == PAGE)
+                .map(|last| last.checkpoint),
+            Err(_) => None,
+        };
+        if pages.send(page).await.is_err() {
+            return;
+        }
+        match next {
+            Some(checkpoint) => after = checkpoint,
+            None => return,
+        }
+    }
+}
 
-/// The metadata fields copied into their own columns.
-fn metadata_fields(event: &RawEvent) -> anyhow::Result<[String; 4]> {
-    let map: HashMap<String, String> = serde_json::from_str(&event.metadata).map_err(|e| {
+/// The metadata fields copied into their own columns, borrowed from the stored text where
+/// it needs no unescaping (the others are skipped unparsed).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct MetadataFields<'a> {
+    #[serde(borrow)]
+    occurred_at: Cow<'a, str>,
+    #[serde(borrow)]
+    organization: Cow<'a, str>,
+    #[serde(borrow)]
+    actor_id: Cow<'a, str>,
+    #[serde(borrow)]
+    actor_role: Cow<'a, str>,
+}
+
+fn metadata_fields(event: &RawEvent) -> anyhow::Result<MetadataFields<'_>> {
+    serde_json::from_str(&event.metadata).map_err(|e| {
         anyhow::anyhow!(
             "event at position {}: metadata: {e}",
             event.checkpoint.position
         )
-    })?;
-    let field = |key: &str| map.get(key).cloned().unwrap_or_default();
-    use domain::metadata::keys;
-    Ok([
-        field(keys::OCCURRED_AT),
-        field(keys::ORGANIZATION),
-        field(keys::ACTOR_ID),
-        field(keys::ACTOR_ROLE),
-    ])
+    })
 }
 
 /// The stored JSON text on one line (stored JSON is compact already; anything else is
@@ -114,7 +159,7 @@ fn one_line(json: &str) -> anyhow::Result<std::borrow::Cow<'_, str>> {
 }
 
 fn ndjson(event: &RawEvent, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    let [occurred_at, organization, actor_id, actor_role] = metadata_fields(event)?;
+    let fields = metadata_fields(event)?;
     write!(
         out,
         "{{\"position\":{},\"aggregateType\":",
@@ -128,13 +173,13 @@ fn ndjson(event: &RawEvent, out: &mut Vec<u8>) -> anyhow::Result<()> {
     out.extend_from_slice(b",\"eventVersion\":");
     serde_json::to_writer(&mut *out, &event.event_version)?;
     for (key, value) in [
-        ("occurredAt", occurred_at),
-        ("organizationId", organization),
-        ("actorId", actor_id),
-        ("actorRole", actor_role),
+        ("occurredAt", &fields.occurred_at),
+        ("organizationId", &fields.organization),
+        ("actorId", &fields.actor_id),
+        ("actorRole", &fields.actor_role),
     ] {
         write!(out, ",\"{key}\":")?;
-        serde_json::to_writer(&mut *out, &value)?;
+        serde_json::to_writer(&mut *out, value)?;
     }
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(one_line(&event.payload)?.as_bytes());
@@ -157,19 +202,19 @@ fn csv_field(out: &mut Vec<u8>, value: &str) {
 }
 
 fn csv(event: &RawEvent, out: &mut Vec<u8>) -> anyhow::Result<()> {
-    let [occurred_at, organization, actor_id, actor_role] = metadata_fields(event)?;
+    let fields = metadata_fields(event)?;
     write!(out, "{},", event.checkpoint.position)?;
     csv_field(out, &event.aggregate_type);
     out.push(b',');
     csv_field(out, &event.aggregate_id);
     write!(out, ",{},", event.sequence)?;
     for value in [
-        &event.event_type,
+        event.event_type.as_str(),
         &event.event_version,
-        &occurred_at,
-        &organization,
-        &actor_id,
-        &actor_role,
+        &fields.occurred_at,
+        &fields.organization,
+        &fields.actor_id,
+        &fields.actor_role,
         &event.payload,
     ] {
         csv_field(out, value);
@@ -214,6 +259,27 @@ mod tests {
             value["payload"]["CommentAdded"]["text"],
             "a \"quoted\", comma\nline"
         );
+    }
+
+    #[test]
+    fn the_copied_metadata_fields_are_the_metadata_keys() {
+        use domain::metadata::keys;
+        let metadata = serde_json::json!({
+            keys::OCCURRED_AT: "2026-11-21T09:00:00.000000Z",
+            keys::ORGANIZATION: "acme",
+            keys::ACTOR_ID: "ann \"the\" agent",
+            keys::ACTOR_ROLE: "agent",
+            keys::REQUEST_ID: "r-1",
+        });
+        let event = RawEvent {
+            metadata: metadata.to_string(),
+            ..event()
+        };
+        let fields = metadata_fields(&event).unwrap();
+        assert_eq!(fields.occurred_at, "2026-11-21T09:00:00.000000Z");
+        assert_eq!(fields.organization, "acme");
+        assert_eq!(fields.actor_id, "ann \"the\" agent");
+        assert_eq!(fields.actor_role, "agent");
     }
 
     #[test]

@@ -406,6 +406,25 @@ struct Args {
     /// log: events of the log's start applied again to count each projection's statements.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     log_profile_events: u64,
+    /// log: rebuild (and profile) only these projections (default: every one).
+    #[arg(long, value_delimiter = ',')]
+    log_projections: Vec<String>,
+    /// log: steps to leave out, to measure one part quickly (seeding and reading always run).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    log_skip: Vec<LogStep>,
+}
+
+/// The optional steps of `--scenario log`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogStep {
+    /// The rebuild of each projection (and the row-count checks after it).
+    Rebuild,
+    /// The statement profile of each projection.
+    Profile,
+    /// The audit chain's runner, its bulk fill and the verification.
+    Chain,
+    /// The NDJSON and CSV exports.
+    Export,
 }
 
 /// The `--scenario` choices.

@@ -117,7 +117,7 @@ use api::conversations::{channel_id, derived_id};
 use api::export::{self, Format};
 use api::helpdesk::all_projections;
 
-use super::{loadavg, on_fresh_databases, progress_bar, Args};
+use super::{loadavg, on_fresh_databases, progress_bar, Args, LogStep};
 
 /// The organizations and their shares of the tickets.
 const ORGANIZATIONS: [(&str, u32); 8] = [
@@ -172,7 +172,7 @@ pub struct LogRun {
     round_trip: (Duration, Duration),
     profiles: Vec<Profile>,
     profile_events: usize,
-    chain: ChainFigures,
+    chain: Option<ChainFigures>,
     exports: Vec<ExportFigures>,
     count_filtered: Duration,
     /// (step, load average).
@@ -337,8 +337,14 @@ async fn measure_on(backend: &'static str, db: &Database, args: &Args) -> anyhow
     loads.push(("read".into(), loadavg()));
 
     // 2. Rebuilds.
+    let chosen = |name: &str| {
+        args.log_projections.is_empty() || args.log_projections.iter().any(|p| p == name)
+    };
     let mut rebuilds = Vec::new();
-    for projection in all_projections() {
+    for projection in all_projections()
+        .into_iter()
+        .filter(|p| !args.log_skip.contains(&LogStep::Rebuild) && chosen(p.name()))
+    {
         let progress = progress_bar(n, &format!("events read ({})", projection.name()))?;
         let started = Instant::now();
         let rebuilt = rebuild::rebuild(db, projection.as_ref(), |read| progress.inc(read as u64))
@@ -363,18 +369,30 @@ async fn measure_on(backend: &'static str, db: &Database, args: &Args) -> anyhow
         });
     }
     loads.push(("rebuilt".into(), loadavg()));
-    let (checked_tables, mismatches) = check_counts(db, &seeding.tally).await?;
+    let (checked_tables, mismatches) = if rebuilds.len() == all_projections().len() {
+        check_counts(db, &seeding.tally).await?
+    } else {
+        (0, Vec::new())
+    };
     for (table, found, expected) in &mismatches {
         eprintln!("log / {backend}: {table} holds {found} rows, expected {expected}");
     }
 
     // 3. Where the time goes.
     let round_trip = round_trip(db).await?;
-    let (profiles, profile_events) = profile(db, args.log_profile_events as usize).await?;
+    let (profiles, profile_events) = if args.log_skip.contains(&LogStep::Profile) {
+        (Vec::new(), 0)
+    } else {
+        profile(db, args.log_profile_events as usize, &chosen).await?
+    };
     loads.push(("profiled".into(), loadavg()));
 
     // 4. Audit chain.
-    let chain = chain(db, n, Duration::from_secs(args.log_chain_seconds)).await?;
+    let chain = if args.log_skip.contains(&LogStep::Chain) {
+        None
+    } else {
+        Some(chain(db, n, Duration::from_secs(args.log_chain_seconds)).await?)
+    };
     loads.push(("chained".into(), loadavg()));
 
     // 5. Export.
@@ -385,7 +403,12 @@ async fn measure_on(backend: &'static str, db: &Database, args: &Args) -> anyhow
         bail!("count_filtered says {counted} events, expected {n}");
     }
     let mut exports = Vec::new();
-    for (format, name) in [(Format::Ndjson, "NDJSON"), (Format::Csv, "CSV")] {
+    let formats = if args.log_skip.contains(&LogStep::Export) {
+        Vec::new()
+    } else {
+        vec![(Format::Ndjson, "NDJSON"), (Format::Csv, "CSV")]
+    };
+    for (format, name) in formats {
         let peak_reset = reset_peak();
         let (rss_before_kb, _) = memory();
         let progress = progress_bar(n, &format!("events exported ({name})"))?;
@@ -1923,7 +1946,11 @@ async fn round_trip(db: &Database) -> anyhow::Result<(Duration, Duration)> {
 
 /// Statements and time of every projection owning tables, by event type, on the first
 /// `sample` events of the log; with each type's count in the whole log.
-async fn profile(db: &Database, sample: usize) -> anyhow::Result<(Vec<Profile>, usize)> {
+async fn profile(
+    db: &Database,
+    sample: usize,
+    chosen: &dyn Fn(&str) -> bool,
+) -> anyhow::Result<(Vec<Profile>, usize)> {
     use tracing::instrument::WithSubscriber;
     use tracing_subscriber::layer::SubscriberExt;
 
@@ -1948,6 +1975,9 @@ async fn profile(db: &Database, sample: usize) -> anyhow::Result<(Vec<Profile>, 
         tracing::Dispatch::new(tracing_subscriber::registry().with(Statements(counter.clone())));
     let mut profiles = Vec::new();
     for projection in all_projections() {
+        if !chosen(projection.name()) {
+            continue;
+        }
         if projection.tables().is_empty() {
             // The outbox: its inserts land in the live tables (filled by the rebuild, so
             // every insert would meet a conflict); not representative.
@@ -2323,124 +2353,131 @@ pub fn print_report(args: &Args, runs: &[LogRun]) {
             );
         }
 
-        println!(
-            "\n{}: rebuild (projections::rebuild::rebuild, one projection after the other)",
-            run.backend
-        );
-        println!(
-            "  {:<17} {:>9} {:>8} {:>12} {:>11} {:>12} {:>9}  load after",
-            "projection", "applied", "wall s", "log events/s", "applied/s", "µs/applied", "swap ms"
-        );
-        let mut total = Duration::ZERO;
-        for r in &run.rebuilds {
-            total += r.elapsed;
-            let per = if r.applied > 0 {
-                format!("{:.0}", r.elapsed.as_secs_f64() * 1e6 / r.applied as f64)
-            } else {
-                "-".into()
-            };
+        if !run.rebuilds.is_empty() {
             println!(
-                "  {:<17} {:>9} {:>8.1} {:>12.0} {:>11.0} {:>12} {:>9.0}  {}",
-                r.projection,
-                r.applied,
-                r.elapsed.as_secs_f64(),
-                rate(n, r.elapsed),
-                rate(r.applied as u64, r.elapsed),
-                per,
-                r.swap.as_secs_f64() * 1e3,
-                r.load
+                "\n{}: rebuild (projections::rebuild::rebuild, one projection after the other)",
+                run.backend
             );
-        }
-        println!(
-            "  {:<17} {:>9} {:>8.1} {:>12.0}   (overall: log events / total wall time)",
-            "all",
-            run.rebuilds.iter().map(|r| r.applied).sum::<usize>(),
-            total.as_secs_f64(),
-            rate(n, total)
-        );
-        if run.mismatches.is_empty() {
             println!(
-                "  row counts: all {} checks equal what the simulation decided",
-                run.checked_tables
+                "  {:<17} {:>9} {:>8} {:>12} {:>11} {:>12} {:>9}  load after",
+                "projection",
+                "applied",
+                "wall s",
+                "log events/s",
+                "applied/s",
+                "µs/applied",
+                "swap ms"
             );
-        } else {
-            for (table, found, expected) in &run.mismatches {
-                println!("  ROW COUNT MISMATCH: {table} holds {found}, expected {expected}");
-            }
-        }
-
-        println!(
-            "\n{}: where the rebuild time goes — round trip (SELECT 1, one connection) median \
-             {:.0} µs, mean {:.0} µs; the first {} events of the log applied again into scratch \
-             tables, one event per transaction{}",
-            run.backend,
-            run.round_trip.0.as_secs_f64() * 1e6,
-            run.round_trip.1.as_secs_f64() * 1e6,
-            run.profile_events,
-            if run.backend == "postgres" {
-                "; statements from sqlx's query log (BEGIN/COMMIT left out)"
-            } else {
-                " (statements not counted on SQLite)"
-            }
-        );
-        println!(
-            "  {:<17} {:<22} {:>9} {:>7} {:>8} {:>10} {:>10} {:>11}",
-            "projection",
-            "event type",
-            "in log",
-            "sample",
-            "stmts/ev",
-            "µs/stmt",
-            "µs/ev stmt",
-            "µs/ev wall"
-        );
-        for p in &run.profiles {
-            let mut log_events = 0u64;
-            let mut log_statements = 0f64;
-            let mut log_statement_secs = 0f64;
-            let mut log_wall_secs = 0f64;
-            for (event_type, f) in &p.by_type {
-                let per = |x: f64| {
-                    if f.events > 0 {
-                        x / f.events as f64
-                    } else {
-                        0.0
-                    }
-                };
-                log_events += f.in_log;
-                log_statements += per(f.statements as f64) * f.in_log as f64;
-                log_statement_secs += per(f.statement_secs) * f.in_log as f64;
-                log_wall_secs += per(f.wall_secs) * f.in_log as f64;
-                if f.events == 0 {
-                    println!(
-                        "  {:<17} {:<22} {:>9} {:>7}",
-                        p.projection, event_type, f.in_log, 0
-                    );
-                    continue;
-                }
-                let per_statement = if f.statements > 0 {
-                    format!("{:.0}", f.statement_secs * 1e6 / f.statements as f64)
+            let mut total = Duration::ZERO;
+            for r in &run.rebuilds {
+                total += r.elapsed;
+                let per = if r.applied > 0 {
+                    format!("{:.0}", r.elapsed.as_secs_f64() * 1e6 / r.applied as f64)
                 } else {
                     "-".into()
                 };
                 println!(
-                    "  {:<17} {:<22} {:>9} {:>7} {:>8.2} {:>10} {:>10.0} {:>11.0}",
-                    p.projection,
-                    event_type,
-                    f.in_log,
-                    f.events,
-                    per(f.statements as f64),
-                    per_statement,
-                    per(f.statement_secs) * 1e6,
-                    per(f.wall_secs) * 1e6
+                    "  {:<17} {:>9} {:>8.1} {:>12.0} {:>11.0} {:>12} {:>9.0}  {}",
+                    r.projection,
+                    r.applied,
+                    r.elapsed.as_secs_f64(),
+                    rate(n, r.elapsed),
+                    rate(r.applied as u64, r.elapsed),
+                    per,
+                    r.swap.as_secs_f64() * 1e3,
+                    r.load
                 );
             }
-            let wall = run
-                .rebuilds
-                .iter()
-                .find(|r| r.projection == p.projection)
-                .map_or(0.0, |r| r.elapsed.as_secs_f64());
             println!(
+                "  {:<17} {:>9} {:>8.1} {:>12.0}   (overall: log events / total wall time)",
+                "all",
+                run.rebuilds.iter().map(|r| r.applied).sum::<usize>(),
+                total.as_secs_f64(),
+                rate(n, total)
+            );
+            if run.mismatches.is_empty() {
+                println!(
+                    "  row counts: all {} checks equal what the simulation decided",
+                    run.checked_tables
+                );
+            } else {
+                for (table, found, expected) in &run.mismatches {
+                    println!("  ROW COUNT MISMATCH: {table} holds {found}, expected {expected}");
+                }
+            }
+
+            println!(
+                "\n{}: where the rebuild time goes — round trip (SELECT 1, one connection) median \
+             {:.0} µs, mean {:.0} µs; the first {} events of the log applied again into scratch \
+             tables, one event per transaction{}",
+                run.backend,
+                run.round_trip.0.as_secs_f64() * 1e6,
+                run.round_trip.1.as_secs_f64() * 1e6,
+                run.profile_events,
+                if run.backend == "postgres" {
+                    "; statements from sqlx's query log (BEGIN/COMMIT left out)"
+                } else {
+                    " (statements not counted on SQLite)"
+                }
+            );
+            println!(
+                "  {:<17} {:<22} {:>9} {:>7} {:>8} {:>10} {:>10} {:>11}",
+                "projection",
+                "event type",
+                "in log",
+                "sample",
+                "stmts/ev",
+                "µs/stmt",
+                "µs/ev stmt",
+                "µs/ev wall"
+            );
+            for p in &run.profiles {
+                let mut log_events = 0u64;
+                let mut log_statements = 0f64;
+                let mut log_statement_secs = 0f64;
+                let mut log_wall_secs = 0f64;
+                for (event_type, f) in &p.by_type {
+                    let per = |x: f64| {
+                        if f.events > 0 {
+                            x / f.events as f64
+                        } else {
+                            0.0
+                        }
+                    };
+                    log_events += f.in_log;
+                    log_statements += per(f.statements as f64) * f.in_log as f64;
+                    log_statement_secs += per(f.statement_secs) * f.in_log as f64;
+                    log_wall_secs += per(f.wall_secs) * f.in_log as f64;
+                    if f.events == 0 {
+                        println!(
+                            "  {:<17} {:<22} {:>9} {:>7}",
+                            p.projection, event_type, f.in_log, 0
+                        );
+                        continue;
+                    }
+                    let per_statement = if f.statements > 0 {
+                        format!("{:.0}", f.statement_secs * 1e6 / f.statements as f64)
+                    } else {
+                        "-".into()
+                    };
+                    println!(
+                        "  {:<17} {:<22} {:>9} {:>7} {:>8.2} {:>10} {:>10.0} {:>11.0}",
+                        p.projection,
+                        event_type,
+                        f.in_log,
+                        f.events,
+                        per(f.statements as f64),
+                        per_statement,
+                        per(f.statement_secs) * 1e6,
+                        per(f.wall_secs) * 1e6
+                    );
+                }
+                let wall = run
+                    .rebuilds
+                    .iter()
+                    .find(|r| r.projection == p.projection)
+                    .map_or(0.0, |r| r.elapsed.as_secs_f64());
+                println!(
                 "  {:<17} {:<22} {:>9}    whole log, weighted: {:.2} statements/event, {:.0} s in \
                  statements (at one event per transaction: {:.0} s wall); the rebuild took {:.0} s",
                 p.projection,
@@ -2451,11 +2488,11 @@ pub fn print_report(args: &Args, runs: &[LogRun]) {
                 log_wall_secs,
                 wall
             );
+            }
         }
-
-        let c = &run.chain;
-        println!("\n{}: audit chain", run.backend);
-        println!(
+        if let Some(c) = &run.chain {
+            println!("\n{}: audit chain", run.backend);
+            println!(
             "  runner (AuditChainProjection through runner::batch, {} s at most): {} events in \
              {:.1} s = {:.0} events/s",
             args.log_chain_seconds,
@@ -2463,29 +2500,30 @@ pub fn print_report(args: &Args, runs: &[LogRun]) {
             c.runner.as_secs_f64(),
             rate(c.by_runner, c.runner)
         );
-        if c.filled > 0 {
-            println!(
-                "  the rest filled in bulk (audit::link_hash in the bench, UNNEST/multi-row \
+            if c.filled > 0 {
+                println!(
+                    "  the rest filled in bulk (audit::link_hash in the bench, UNNEST/multi-row \
                  inserts of 5,000): {} events in {:.1} s = {:.0} events/s",
-                c.filled,
-                c.fill.as_secs_f64(),
-                rate(c.filled, c.fill)
+                    c.filled,
+                    c.fill.as_secs_f64(),
+                    rate(c.filled, c.fill)
+                );
+            }
+            println!(
+                "  audit::verify, {} organizations: {} events in {:.1} s = {:.0} events/s; {} \
+             pending; {}",
+                c.organizations,
+                c.verified,
+                c.verify.as_secs_f64(),
+                rate(c.verified.max(0) as u64, c.verify),
+                c.pending,
+                if c.broken.is_empty() && c.verified == n as i64 {
+                    "every link verified".to_string()
+                } else {
+                    format!("NOT VERIFIED: {}", c.broken.join("; "))
+                }
             );
         }
-        println!(
-            "  audit::verify, {} organizations: {} events in {:.1} s = {:.0} events/s; {} \
-             pending; {}",
-            c.organizations,
-            c.verified,
-            c.verify.as_secs_f64(),
-            rate(c.verified.max(0) as u64, c.verify),
-            c.pending,
-            if c.broken.is_empty() && c.verified == n as i64 {
-                "every link verified".to_string()
-            } else {
-                format!("NOT VERIFIED: {}", c.broken.join("; "))
-            }
-        );
 
         println!(
             "\n{}: export of the whole log (api::export::export into a byte counter around \
