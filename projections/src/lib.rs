@@ -10,6 +10,8 @@
 //! - [`runner`]: the projection runner — reads the log from a per-projection checkpoint and
 //!   writes rows and the new checkpoint in one transaction (no event skipped, none applied
 //!   twice), wakes on new events, and lets commands wait until their events are visible.
+//! - [`bulk`]: set-based reads and writes (one statement per table for a whole batch) for
+//!   projections that fold a batch in memory instead of one statement per event.
 //! - [`tickets`], [`queue`], [`divisions`], [`agents`], [`queue_settings`]: the read models
 //!   and their queries (the workload view and an agent's own queue among them).
 //! - [`conversations`]: conversations, their messages, the configured channels and the
@@ -34,6 +36,7 @@
 pub mod agents;
 pub mod audit;
 pub mod bots;
+pub mod bulk;
 pub mod chatbot;
 pub mod conversations;
 pub mod db;

@@ -32,7 +32,7 @@
 use std::time::Duration;
 
 use crate::db::{Backend, Database, DbError, Tx};
-use crate::event_log::{self, Checkpoint};
+use crate::event_log::{self, Checkpoint, StoredEvent};
 use crate::on_backend;
 use crate::runner::{self, Projection, BATCH_SIZE};
 
@@ -104,15 +104,14 @@ impl Scratch {
     pub async fn apply(
         &self,
         projection: &dyn Projection,
-        events: &[crate::event_log::StoredEvent],
+        events: &[StoredEvent],
     ) -> Result<(), DbError> {
-        let mut tx = self.db.begin().await?;
-        for event in events
+        let consumed: Vec<&StoredEvent> = events
             .iter()
             .filter(|e| projection.consumes(&e.aggregate_type))
-        {
-            projection.apply(&mut tx, event).await?;
-        }
+            .collect();
+        let mut tx = self.db.begin().await?;
+        projection.apply_batch(&mut tx, &consumed).await?;
         tx.commit().await
     }
 
@@ -233,13 +232,12 @@ async fn swap(shadow: &Database, projection: &dyn Projection, live: &str) -> Res
         let Some(last) = events.last() else { break };
         cursor = last.checkpoint;
         read += events.len();
-        for event in events
+        let consumed: Vec<&StoredEvent> = events
             .iter()
             .filter(|e| projection.consumes(&e.aggregate_type))
-        {
-            projection.apply(&mut tx, event).await?;
-            applied += 1;
-        }
+            .collect();
+        projection.apply_batch(&mut tx, &consumed).await?;
+        applied += consumed.len();
     }
     if cursor < live_checkpoint {
         // Everything the live runner applied was committed before this transaction read

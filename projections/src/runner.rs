@@ -50,6 +50,16 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies one event inside the runner's transaction. Must be deterministic: time comes
     /// from the event's metadata, never from the clock.
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError>;
+    /// Applies `events` (all of aggregate types it consumes, in log order) inside the
+    /// runner's transaction, with the same outcome as applying them one by one (which is
+    /// what it does unless the projection folds a batch in memory and writes each touched
+    /// row once; see [`crate::bulk`]).
+    async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
+        for event in events {
+            self.apply(tx, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// How many events a runner takes per transaction when it applies every aggregate type.
@@ -562,9 +572,7 @@ pub async fn batch(
     {
         return Ok(Step::Overtaken);
     }
-    for event in &relevant {
-        projection.apply(&mut tx, event).await?;
-    }
+    projection.apply_batch(&mut tx, &relevant).await?;
     if pause_before_commit && !relevant.is_empty() {
         println!("FAILPOINT projection-before-commit:{}", projection.name());
         let _ = std::io::stdout().flush();

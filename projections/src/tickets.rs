@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use domain::priority::Priority;
 use domain::ticket::{TicketEvent, TicketStatus};
 use sqlx::FromRow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::bulk::{self, Kind, Rows, Value};
 use crate::db::{parse_timestamp, timestamp, Bind, Database, DbError, Statement, Tx};
 use crate::event_log::StoredEvent;
 use crate::queue::BUCKET_WIDTH;
@@ -46,177 +48,22 @@ impl Projection for TicketsProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
-        if event.aggregate_type != "Ticket" {
+        self.apply_batch(tx, &[event]).await
+    }
+
+    async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
+        let mut decoded = Vec::with_capacity(events.len());
+        for event in events.iter().filter(|e| e.aggregate_type == "Ticket") {
+            decoded.push((*event, event.decode::<TicketEvent>()?));
+        }
+        if decoded.is_empty() {
             return Ok(());
         }
-        let id = event.aggregate_id.as_str();
-        let at = timestamp(event.occurred_at());
-        let version = event.sequence;
-        match event.decode::<TicketEvent>()? {
-            TicketEvent::TicketCreated {
-                organization,
-                number,
-                subject,
-                description,
-                priority,
-                division_id,
-                ..
-            } => {
-                on_backend!(tx, |t| {
-                    sqlx::query(
-                        "INSERT INTO tickets (id, organization_id, number, subject, description,
-                            status, priority, division_id, created_by, created_at, updated_at, version,
-                            search_text, queued_since)
-                         VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, $9, $9, $10, $11, $9)",
-                    )
-                    .bind(id)
-                    .bind(&organization)
-                    .bind(number)
-                    .bind(&subject)
-                    .bind(&description)
-                    .bind(priority.as_str())
-                    .bind(&division_id)
-                    .bind(&event.metadata.actor.id)
-                    .bind(&at)
-                    .bind(version)
-                    .bind(search_text(&subject, description.as_deref()))
-                    .execute(&mut **t)
-                    .await?;
-                });
-                join_queue(tx, id, Place::Back).await?;
-            }
-            TicketEvent::TicketAssigned { agent_id, .. } => {
-                update(
-                    tx,
-                    "status = 'ASSIGNED', assignee_id = $3, assigned_at = $4",
-                    id,
-                    version,
-                    &[Bind::Text(agent_id.clone()), Bind::Text(at.clone())],
-                    &at,
-                )
-                .await?;
-                leave_queue(tx, id).await?;
-                on_backend!(tx, |t| {
-                    sqlx::query(
-                        "INSERT INTO agent_assignments (agent_id, organization_id,
-                            last_assigned_at, assigned_total)
-                         SELECT $1, organization_id, $2, 1 FROM tickets WHERE id = $3
-                         ON CONFLICT (agent_id) DO UPDATE
-                            SET last_assigned_at = excluded.last_assigned_at,
-                                assigned_total = agent_assignments.assigned_total + 1",
-                    )
-                    .bind(&agent_id)
-                    .bind(&at)
-                    .bind(id)
-                    .execute(&mut **t)
-                    .await?;
-                });
-            }
-            TicketEvent::TicketStarted { .. } => {
-                update(tx, "status = 'IN_PROGRESS'", id, version, &[], &at).await?;
-            }
-            TicketEvent::TicketResolved { resolution, .. } => {
-                let resolution = resolution.map(Bind::Text);
-                let (set, binds) = match resolution {
-                    Some(r) => (
-                        "status = 'RESOLVED', resolved_at = $3, resolution = $4",
-                        vec![Bind::Text(at.clone()), r],
-                    ),
-                    None => (
-                        "status = 'RESOLVED', resolved_at = $3, resolution = NULL",
-                        vec![Bind::Text(at.clone())],
-                    ),
-                };
-                update(tx, set, id, version, &binds, &at).await?;
-            }
-            TicketEvent::TicketClosed => {
-                update(
-                    tx,
-                    "status = 'CLOSED', closed_at = $3",
-                    id,
-                    version,
-                    &[Bind::Text(at.clone())],
-                    &at,
-                )
-                .await?;
-                leave_queue(tx, id).await?;
-            }
-            TicketEvent::TicketReopened { .. } => {
-                // Back in the queue, behind those already waiting, at its current priority.
-                update(
-                    tx,
-                    "status = 'QUEUED', assignee_id = NULL, assigned_at = NULL, resolved_at = NULL,
-                     closed_at = NULL, resolution = NULL, rating = NULL, feedback = NULL,
-                     queued_since = $3",
-                    id,
-                    version,
-                    &[Bind::Text(at.clone())],
-                    &at,
-                )
-                .await?;
-                join_queue(tx, id, Place::Back).await?;
-            }
-            TicketEvent::TicketRequeued { .. } => {
-                // Back at the place it had before it was assigned (its join sequence number and
-                // `queued_since`).
-                update(
-                    tx,
-                    "status = 'QUEUED', assignee_id = NULL, assigned_at = NULL",
-                    id,
-                    version,
-                    &[],
-                    &at,
-                )
-                .await?;
-                join_queue(tx, id, Place::Original).await?;
-            }
-            TicketEvent::TicketPriorityChanged { to, .. } => {
-                update(
-                    tx,
-                    "priority = $3",
-                    id,
-                    version,
-                    &[Bind::Text(to.as_str().into())],
-                    &at,
-                )
-                .await?;
-                change_queue_priority(tx, id, to).await?;
-            }
-            TicketEvent::CommentAdded {
-                comment_id,
-                author_id,
-                text,
-            } => {
-                update(tx, "", id, version, &[], &at).await?;
-                on_backend!(tx, |t| {
-                    sqlx::query(
-                    "INSERT INTO ticket_comments (id, ticket_id, organization_id, author_id, text,
-                        created_at, position)
-                     SELECT $1, id, organization_id, $2, $3, $4, $5 FROM tickets WHERE id = $6"
-                )
-                .bind(&comment_id)
-                .bind(&author_id)
-                .bind(&text)
-                .bind(&at)
-                .bind(event.position())
-                .bind(id)
-                .execute(&mut **t)
-                .await?;
-                });
-            }
-            TicketEvent::TicketRated { rating, feedback } => {
-                let mut binds = vec![Bind::Int(rating as i64)];
-                let set = match feedback {
-                    Some(f) => {
-                        binds.push(Bind::Text(f));
-                        "rating = $3, feedback = $4"
-                    }
-                    None => "rating = $3, feedback = NULL",
-                };
-                update(tx, set, id, version, &binds, &at).await?;
-            }
+        let mut fold = Fold::load(tx, &decoded).await?;
+        for (event, ticket_event) in decoded {
+            fold.apply(event, ticket_event)?;
         }
-        Ok(())
+        fold.write(tx).await
     }
 }
 
@@ -225,40 +72,154 @@ fn search_text(subject: &str, description: Option<&str>) -> String {
     format!("{}\n{}", subject, description.unwrap_or_default()).to_lowercase()
 }
 
-/// `UPDATE tickets SET <set>, updated_at, version WHERE id` (`set` may be empty). `$1` is the id, `$2` the
-/// version; `set` uses `$3...` for `binds`.
-async fn update(
-    tx: &mut Tx,
-    set: &str,
-    id: &str,
+/// A `tickets` row as the projection writes it (all its columns).
+#[derive(Debug, Clone, FromRow)]
+struct TicketRow {
+    id: String,
+    organization_id: String,
+    number: i64,
+    subject: String,
+    description: Option<String>,
+    status: String,
+    priority: String,
+    division_id: Option<String>,
+    assignee_id: Option<String>,
+    created_by: String,
+    created_at: String,
+    updated_at: String,
+    assigned_at: Option<String>,
+    resolved_at: Option<String>,
+    closed_at: Option<String>,
+    resolution: Option<String>,
+    rating: Option<i64>,
+    feedback: Option<String>,
+    search_text: String,
     version: i64,
-    binds: &[Bind],
-    at: &str,
-) -> Result<(), DbError> {
-    let mut statement = Statement::new("");
-    statement.bind(Bind::Text(id.into()));
-    statement.bind(Bind::Int(version));
-    statement.binds.extend_from_slice(binds);
-    let at_placeholder = statement.bind(Bind::Text(at.into()));
-    let set = if set.is_empty() {
-        String::new()
-    } else {
-        format!("{set}, ")
-    };
-    statement.sql = format!(
-        "UPDATE tickets SET {set}updated_at = {at_placeholder}, version = $2 WHERE id = $1"
-    );
-    let updated = on_backend!(tx, |t| bind_all!(sqlx::query(&statement.sql), statement)
-        .execute(&mut **t)
-        .await?
-        .rows_affected());
-    if updated != 1 {
-        return Err(DbError::Corrupt(format!(
-            "ticket {id} event {version} has no ticket row to update"
-        )));
-    }
-    Ok(())
+    queued_since: Option<String>,
+    queue_seq: Option<i64>,
 }
+
+const TICKET_ROW: &[(&str, Kind)] = &[
+    ("id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("number", Kind::Int),
+    ("subject", Kind::Text),
+    ("description", Kind::Text),
+    ("status", Kind::Text),
+    ("priority", Kind::Text),
+    ("division_id", Kind::Text),
+    ("assignee_id", Kind::Text),
+    ("created_by", Kind::Text),
+    ("created_at", Kind::Text),
+    ("updated_at", Kind::Text),
+    ("assigned_at", Kind::Text),
+    ("resolved_at", Kind::Text),
+    ("closed_at", Kind::Text),
+    ("resolution", Kind::Text),
+    ("rating", Kind::Int),
+    ("feedback", Kind::Text),
+    ("search_text", Kind::Text),
+    ("version", Kind::Int),
+    ("queued_since", Kind::Text),
+    ("queue_seq", Kind::Int),
+];
+
+impl TicketRow {
+    fn values(self) -> [Value; 22] {
+        [
+            self.id.into(),
+            self.organization_id.into(),
+            self.number.into(),
+            self.subject.into(),
+            self.description.into(),
+            self.status.into(),
+            self.priority.into(),
+            self.division_id.into(),
+            self.assignee_id.into(),
+            self.created_by.into(),
+            self.created_at.into(),
+            self.updated_at.into(),
+            self.assigned_at.into(),
+            self.resolved_at.into(),
+            self.closed_at.into(),
+            self.resolution.into(),
+            self.rating.into(),
+            self.feedback.into(),
+            self.search_text.into(),
+            self.version.into(),
+            self.queued_since.into(),
+            self.queue_seq.into(),
+        ]
+    }
+
+    /// The queue key of its division.
+    fn division_key(&self) -> String {
+        self.division_id
+            .clone()
+            .unwrap_or_else(|| NO_DIVISION.to_string())
+    }
+}
+
+/// A `queue_entries` row.
+#[derive(Debug, Clone, FromRow)]
+struct EntryRow {
+    ticket_id: String,
+    organization_id: String,
+    division_key: String,
+    priority_rank: i64,
+    seq: i64,
+    waiting_since: String,
+    number: i64,
+}
+
+const ENTRY_ROW: &[(&str, Kind)] = &[
+    ("ticket_id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("division_key", Kind::Text),
+    ("priority_rank", Kind::Int),
+    ("seq", Kind::Int),
+    ("waiting_since", Kind::Text),
+    ("number", Kind::Int),
+];
+
+/// A `queue_counters` row.
+#[derive(Debug, Clone, FromRow)]
+struct CounterRow {
+    organization_id: String,
+    division_key: String,
+    last_seq: i64,
+}
+
+const COUNTER_ROW: &[(&str, Kind)] = &[
+    ("organization_id", Kind::Text),
+    ("division_key", Kind::Text),
+    ("last_seq", Kind::Int),
+];
+
+const BUCKET_ROW: &[(&str, Kind)] = &[
+    ("organization_id", Kind::Text),
+    ("division_key", Kind::Text),
+    ("priority_rank", Kind::Int),
+    ("bucket", Kind::Int),
+    ("entries", Kind::Int),
+];
+
+const ASSIGNMENT_ROW: &[(&str, Kind)] = &[
+    ("agent_id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("last_assigned_at", Kind::Text),
+    ("assigned_total", Kind::Int),
+];
+
+const COMMENT_ROW: &[(&str, Kind)] = &[
+    ("id", Kind::Text),
+    ("ticket_id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("author_id", Kind::Text),
+    ("text", Kind::Text),
+    ("created_at", Kind::Text),
+    ("position", Kind::Int),
+];
 
 /// Where a ticket joining its queue is placed among those of its priority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,174 +230,402 @@ enum Place {
     Original,
 }
 
-/// A queue entry's coordinates, what its bucket count depends on.
-struct EntryKey {
-    organization: String,
-    division_key: String,
-    priority_rank: i64,
-    seq: i64,
+/// A queue bucket: (organization, division key, priority rank, bucket).
+type BucketKey = (String, String, i64, i64);
+
+/// The rows one batch of ticket events touches: read in one statement per table, changed
+/// in memory event by event exactly as the events dictate, written back once per table.
+/// Most ticket events follow another event of the same ticket (created, assigned, started,
+/// resolved, closed), so a batch writes far fewer rows than it applies events.
+#[derive(Debug, Default)]
+struct Fold {
+    tickets: HashMap<String, TicketRow>,
+    /// Ticket ids in the order first touched, so rows are written in a stable order.
+    touched: Vec<String>,
+    /// The queue entry of each touched ticket as it stands (`None`: not queued).
+    entries: HashMap<String, Option<EntryRow>>,
+    /// Tickets whose entry was stored before the batch.
+    stored_entries: Vec<String>,
+    /// `last_seq` by (organization, division key), of the organizations touched.
+    counters: HashMap<(String, String), i64>,
+    changed_counters: BTreeSet<(String, String)>,
+    /// Net change of each bucket's count.
+    buckets: BTreeMap<BucketKey, i64>,
+    /// Agent -> (organization, last assignment time, assignments in the batch).
+    assignments: BTreeMap<String, (String, String, i64)>,
+    comments: Vec<[Value; 7]>,
 }
 
-/// Puts the ticket in its division's queue at its priority and `place`.
-async fn join_queue(tx: &mut Tx, id: &str, place: Place) -> Result<(), DbError> {
-    let (organization, division_id, priority, number, queued_since, seq): (
-        String,
-        Option<String>,
-        String,
-        i64,
-        String,
-        Option<i64>,
-    ) = on_backend!(tx, |t| {
-        sqlx::query_as(
-            "SELECT organization_id, division_id, priority, number,
-                    COALESCE(queued_since, created_at), queue_seq
-               FROM tickets WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_one(&mut **t)
-        .await?
-    });
-    let priority: Priority = priority.parse().map_err(DbError::Corrupt)?;
-    let division_key = division_id.unwrap_or_else(|| NO_DIVISION.to_string());
-    let seq = match (place, seq) {
-        (Place::Original, Some(seq)) => seq,
-        // A ticket never numbered (none are, after migration 0005) joins at the back.
-        _ => {
-            let seq = next_seq(tx, &organization, &division_key).await?;
-            on_backend!(tx, |t| {
-                sqlx::query("UPDATE tickets SET queue_seq = $2 WHERE id = $1")
-                    .bind(id)
-                    .bind(seq)
-                    .execute(&mut **t)
-                    .await?;
-            });
-            seq
+impl Fold {
+    /// Reads the stored rows of every ticket in the batch, their queue entries and the queue
+    /// counters of their organizations.
+    async fn load(tx: &mut Tx, events: &[(&StoredEvent, TicketEvent)]) -> Result<Self, DbError> {
+        let mut fold = Fold::default();
+        let mut ids = BTreeSet::new();
+        let mut organizations = BTreeSet::new();
+        for (event, ticket_event) in events {
+            if ids.insert(event.aggregate_id.as_str()) {
+                fold.touched.push(event.aggregate_id.clone());
+            }
+            if let TicketEvent::TicketCreated { organization, .. } = ticket_event {
+                organizations.insert(organization.clone());
+            }
         }
-    };
-    let key = EntryKey {
-        organization,
-        division_key,
-        priority_rank: priority.queue_rank(),
-        seq,
-    };
-    on_backend!(tx, |t| {
-        sqlx::query(
-            "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
-                priority_rank, seq, waiting_since, number)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(id)
-        .bind(&key.organization)
-        .bind(&key.division_key)
-        .bind(key.priority_rank)
-        .bind(key.seq)
-        .bind(&queued_since)
-        .bind(number)
-        .execute(&mut **t)
-        .await?;
-    });
-    count_in_bucket(tx, &key, 1).await
-}
+        let ids: Vec<String> = ids.into_iter().map(str::to_string).collect();
+        let select = format!("SELECT {} FROM tickets", column_list(TICKET_ROW));
+        let rows: Vec<TicketRow> = bulk::select_in(tx, &select, "id", &ids).await?;
+        for row in rows {
+            organizations.insert(row.organization_id.clone());
+            fold.tickets.insert(row.id.clone(), row);
+        }
+        let select = format!("SELECT {} FROM queue_entries", column_list(ENTRY_ROW));
+        let stored: Vec<EntryRow> = bulk::select_in(tx, &select, "ticket_id", &ids).await?;
+        for entry in stored {
+            fold.stored_entries.push(entry.ticket_id.clone());
+            fold.entries.insert(entry.ticket_id.clone(), Some(entry));
+        }
+        let organizations: Vec<String> = organizations.into_iter().collect();
+        let select = format!("SELECT {} FROM queue_counters", column_list(COUNTER_ROW));
+        let counters: Vec<CounterRow> =
+            bulk::select_in(tx, &select, "organization_id", &organizations).await?;
+        for counter in counters {
+            fold.counters.insert(
+                (counter.organization_id, counter.division_key),
+                counter.last_seq,
+            );
+        }
+        Ok(fold)
+    }
 
-/// The next join sequence number of a queue. Only the projection writes the counter, one
-/// event at a time, so replaying the log hands out the same numbers.
-async fn next_seq(tx: &mut Tx, organization: &str, division_key: &str) -> Result<i64, DbError> {
-    Ok(on_backend!(tx, |t| {
-        sqlx::query_scalar(
-            "INSERT INTO queue_counters (organization_id, division_key, last_seq)
-             VALUES ($1, $2, 1)
-             ON CONFLICT (organization_id, division_key)
-                DO UPDATE SET last_seq = queue_counters.last_seq + 1
-             RETURNING last_seq",
-        )
-        .bind(organization)
-        .bind(division_key)
-        .fetch_one(&mut **t)
-        .await?
-    }))
-}
+    /// The stored ticket an event changes, its `updated_at` and `version` moved to the event.
+    fn update(&mut self, id: &str, event: &StoredEvent) -> Result<&mut TicketRow, DbError> {
+        let row = self.tickets.get_mut(id).ok_or_else(|| {
+            DbError::Corrupt(format!(
+                "ticket {id} event {} has no ticket row to update",
+                event.sequence
+            ))
+        })?;
+        row.updated_at = timestamp(event.occurred_at());
+        row.version = event.sequence;
+        Ok(row)
+    }
 
-/// Adds `delta` (+1 or -1) to the count of the entry's bucket; a bucket left empty is
-/// deleted, so the buckets of a queue are never more than its entries.
-async fn count_in_bucket(tx: &mut Tx, key: &EntryKey, delta: i64) -> Result<(), DbError> {
-    let bucket = key.seq / BUCKET_WIDTH;
-    on_backend!(tx, |t| {
-        sqlx::query(
-            "INSERT INTO queue_buckets (organization_id, division_key, priority_rank, bucket,
-                entries)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (organization_id, division_key, priority_rank, bucket)
-                DO UPDATE SET entries = queue_buckets.entries + excluded.entries",
-        )
-        .bind(&key.organization)
-        .bind(&key.division_key)
-        .bind(key.priority_rank)
-        .bind(bucket)
-        .bind(delta)
-        .execute(&mut **t)
-        .await?;
-        if delta < 0 {
-            sqlx::query(
-                "DELETE FROM queue_buckets
-                  WHERE organization_id = $1 AND division_key = $2 AND priority_rank = $3
-                    AND bucket = $4 AND entries <= 0",
-            )
-            .bind(&key.organization)
-            .bind(&key.division_key)
-            .bind(key.priority_rank)
-            .bind(bucket)
-            .execute(&mut **t)
+    fn apply(&mut self, event: &StoredEvent, ticket_event: TicketEvent) -> Result<(), DbError> {
+        let id = event.aggregate_id.as_str();
+        let at = timestamp(event.occurred_at());
+        match ticket_event {
+            TicketEvent::TicketCreated {
+                organization,
+                number,
+                subject,
+                description,
+                priority,
+                division_id,
+                ..
+            } => {
+                if self.tickets.contains_key(id) {
+                    return Err(DbError::Corrupt(format!("ticket {id} created twice")));
+                }
+                let row = TicketRow {
+                    id: id.to_string(),
+                    organization_id: organization,
+                    number,
+                    search_text: search_text(&subject, description.as_deref()),
+                    subject,
+                    description,
+                    status: "QUEUED".into(),
+                    priority: priority.as_str().into(),
+                    division_id,
+                    assignee_id: None,
+                    created_by: event.metadata.actor.id.clone(),
+                    created_at: at.clone(),
+                    updated_at: at.clone(),
+                    assigned_at: None,
+                    resolved_at: None,
+                    closed_at: None,
+                    resolution: None,
+                    rating: None,
+                    feedback: None,
+                    version: event.sequence,
+                    queued_since: Some(at),
+                    queue_seq: None,
+                };
+                self.tickets.insert(id.to_string(), row);
+                self.join_queue(id, Place::Back)?;
+            }
+            TicketEvent::TicketAssigned { agent_id, .. } => {
+                let row = self.update(id, event)?;
+                row.status = "ASSIGNED".into();
+                row.assignee_id = Some(agent_id.clone());
+                row.assigned_at = Some(at.clone());
+                let organization = row.organization_id.clone();
+                self.leave_queue(id);
+                let assignment =
+                    self.assignments
+                        .entry(agent_id)
+                        .or_insert((organization, at.clone(), 0));
+                assignment.1 = at;
+                assignment.2 += 1;
+            }
+            TicketEvent::TicketStarted { .. } => {
+                self.update(id, event)?.status = "IN_PROGRESS".into();
+            }
+            TicketEvent::TicketResolved { resolution, .. } => {
+                let row = self.update(id, event)?;
+                row.status = "RESOLVED".into();
+                row.resolved_at = Some(at);
+                row.resolution = resolution;
+            }
+            TicketEvent::TicketClosed => {
+                let row = self.update(id, event)?;
+                row.status = "CLOSED".into();
+                row.closed_at = Some(at);
+                self.leave_queue(id);
+            }
+            TicketEvent::TicketReopened { .. } => {
+                // Back in the queue, behind those already waiting, at its current priority.
+                let row = self.update(id, event)?;
+                row.status = "QUEUED".into();
+                row.assignee_id = None;
+                row.assigned_at = None;
+                row.resolved_at = None;
+                row.closed_at = None;
+                row.resolution = None;
+                row.rating = None;
+                row.feedback = None;
+                row.queued_since = Some(at);
+                self.join_queue(id, Place::Back)?;
+            }
+            TicketEvent::TicketRequeued { .. } => {
+                // Back at the place it had before it was assigned (its join sequence number
+                // and `queued_since`).
+                let row = self.update(id, event)?;
+                row.status = "QUEUED".into();
+                row.assignee_id = None;
+                row.assigned_at = None;
+                self.join_queue(id, Place::Original)?;
+            }
+            TicketEvent::TicketPriorityChanged { to, .. } => {
+                self.update(id, event)?.priority = to.as_str().into();
+                self.change_queue_priority(id, to);
+            }
+            TicketEvent::CommentAdded {
+                comment_id,
+                author_id,
+                text,
+            } => {
+                let organization = self.update(id, event)?.organization_id.clone();
+                self.comments.push([
+                    comment_id.into(),
+                    id.into(),
+                    organization.into(),
+                    author_id.into(),
+                    text.into(),
+                    at.into(),
+                    event.position().into(),
+                ]);
+            }
+            TicketEvent::TicketRated { rating, feedback } => {
+                let row = self.update(id, event)?;
+                row.rating = Some(rating as i64);
+                row.feedback = feedback;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the ticket in its division's queue at its priority and `place`.
+    fn join_queue(&mut self, id: &str, place: Place) -> Result<(), DbError> {
+        let row = self
+            .tickets
+            .get(id)
+            .ok_or_else(|| DbError::Corrupt(format!("ticket {id} has no row to queue")))?;
+        let priority: Priority = row.priority.parse().map_err(DbError::Corrupt)?;
+        let organization = row.organization_id.clone();
+        let division_key = row.division_key();
+        let seq = match (place, row.queue_seq) {
+            (Place::Original, Some(seq)) => seq,
+            // A ticket never numbered (none are, after migration 0005) joins at the back.
+            _ => {
+                // Only the projection moves the counter, one event at a time, so replaying
+                // the log hands out the same numbers.
+                let counter = self
+                    .counters
+                    .entry((organization.clone(), division_key.clone()))
+                    .or_insert(0);
+                *counter += 1;
+                let seq = *counter;
+                self.changed_counters
+                    .insert((organization.clone(), division_key.clone()));
+                if let Some(row) = self.tickets.get_mut(id) {
+                    row.queue_seq = Some(seq);
+                }
+                seq
+            }
+        };
+        let row = &self.tickets[id];
+        let entry = EntryRow {
+            ticket_id: id.to_string(),
+            organization_id: organization,
+            division_key,
+            priority_rank: priority.queue_rank(),
+            seq,
+            waiting_since: row
+                .queued_since
+                .clone()
+                .unwrap_or_else(|| row.created_at.clone()),
+            number: row.number,
+        };
+        if let Some(Some(_)) = self.entries.get(id) {
+            return Err(DbError::Corrupt(format!("ticket {id} is queued twice")));
+        }
+        self.count_in_bucket(&entry, 1);
+        self.entries.insert(id.to_string(), Some(entry));
+        Ok(())
+    }
+
+    /// Takes the ticket out of its queue, if it is in one; returns its entry.
+    fn leave_queue(&mut self, id: &str) -> Option<EntryRow> {
+        let entry = self.entries.insert(id.to_string(), None).flatten()?;
+        self.count_in_bucket(&entry, -1);
+        Some(entry)
+    }
+
+    /// Moves a queued ticket to the band of its new priority, keeping its join sequence
+    /// number.
+    fn change_queue_priority(&mut self, id: &str, to: Priority) {
+        let Some(mut entry) = self.leave_queue(id) else {
+            return;
+        };
+        let row = &self.tickets[id];
+        entry.priority_rank = to.queue_rank();
+        entry.waiting_since = row
+            .queued_since
+            .clone()
+            .unwrap_or_else(|| row.created_at.clone());
+        entry.number = row.number;
+        self.count_in_bucket(&entry, 1);
+        self.entries.insert(id.to_string(), Some(entry));
+    }
+
+    /// Adds `delta` to the count of the entry's bucket.
+    fn count_in_bucket(&mut self, entry: &EntryRow, delta: i64) {
+        let key = (
+            entry.organization_id.clone(),
+            entry.division_key.clone(),
+            entry.priority_rank,
+            entry.seq / BUCKET_WIDTH,
+        );
+        *self.buckets.entry(key).or_insert(0) += delta;
+    }
+
+    /// Writes every touched row: one statement per table and kind of change.
+    async fn write(mut self, tx: &mut Tx) -> Result<(), DbError> {
+        let mut tickets = Rows::new("tickets", TICKET_ROW);
+        let mut entries = Rows::new("queue_entries", ENTRY_ROW);
+        for id in &self.touched {
+            if let Some(row) = self.tickets.remove(id) {
+                tickets.push(row.values())?;
+            }
+            if let Some(Some(entry)) = self.entries.remove(id) {
+                entries.push([
+                    entry.ticket_id.into(),
+                    entry.organization_id.into(),
+                    entry.division_key.into(),
+                    entry.priority_rank.into(),
+                    entry.seq.into(),
+                    entry.waiting_since.into(),
+                    entry.number.into(),
+                ])?;
+            }
+        }
+        tickets
+            .insert(tx, &bulk::replace_on_conflict(TICKET_ROW, &["id"]))
             .await?;
+        bulk::delete_in(tx, "queue_entries", "ticket_id", &self.stored_entries, "").await?;
+        entries.insert(tx, "").await?;
+
+        let mut counters = Rows::new("queue_counters", COUNTER_ROW);
+        for key in self.changed_counters {
+            let last_seq = self.counters[&key];
+            counters.push([key.0.into(), key.1.into(), last_seq.into()])?;
         }
-    });
-    Ok(())
-}
+        counters
+            .insert(
+                tx,
+                &bulk::replace_on_conflict(COUNTER_ROW, &["organization_id", "division_key"]),
+            )
+            .await?;
 
-/// Takes the ticket out of its queue, if it is in one; returns where it was.
-async fn leave_queue(tx: &mut Tx, id: &str) -> Result<Option<EntryKey>, DbError> {
-    let left: Option<(String, String, i64, i64)> = on_backend!(tx, |t| {
-        sqlx::query_as(
-            "DELETE FROM queue_entries WHERE ticket_id = $1
-             RETURNING organization_id, division_key, priority_rank, seq",
+        // A bucket left empty is deleted, so the buckets of a queue are never more than its
+        // entries.
+        let mut buckets = Rows::new("queue_buckets", BUCKET_ROW);
+        let mut emptied = BTreeSet::new();
+        for ((organization, division_key, rank, bucket), delta) in self.buckets {
+            if delta == 0 {
+                continue;
+            }
+            if delta < 0 {
+                emptied.insert(organization.clone());
+            }
+            buckets.push([
+                organization.into(),
+                division_key.into(),
+                rank.into(),
+                bucket.into(),
+                delta.into(),
+            ])?;
+        }
+        buckets
+            .insert(
+                tx,
+                "ON CONFLICT (organization_id, division_key, priority_rank, bucket)
+                    DO UPDATE SET entries = queue_buckets.entries + excluded.entries",
+            )
+            .await?;
+        let emptied: Vec<String> = emptied.into_iter().collect();
+        bulk::delete_in(
+            tx,
+            "queue_buckets",
+            "organization_id",
+            &emptied,
+            "AND entries <= 0",
         )
-        .bind(id)
-        .fetch_optional(&mut **t)
-        .await?
-    });
-    let Some((organization, division_key, priority_rank, seq)) = left else {
-        return Ok(None);
-    };
-    let key = EntryKey {
-        organization,
-        division_key,
-        priority_rank,
-        seq,
-    };
-    count_in_bucket(tx, &key, -1).await?;
-    Ok(Some(key))
-}
-
-/// Moves a queued ticket to the band of its new priority, keeping its join sequence number.
-async fn change_queue_priority(tx: &mut Tx, id: &str, to: Priority) -> Result<(), DbError> {
-    let Some(mut key) = leave_queue(tx, id).await? else {
-        return Ok(());
-    };
-    key.priority_rank = to.queue_rank();
-    on_backend!(tx, |t| {
-        sqlx::query(
-            "INSERT INTO queue_entries (ticket_id, organization_id, division_key,
-                priority_rank, seq, waiting_since, number)
-             SELECT id, organization_id, $2, $3, $4, COALESCE(queued_since, created_at), number
-               FROM tickets WHERE id = $1",
-        )
-        .bind(id)
-        .bind(&key.division_key)
-        .bind(key.priority_rank)
-        .bind(key.seq)
-        .execute(&mut **t)
         .await?;
-    });
-    count_in_bucket(tx, &key, 1).await
+
+        let mut assignments = Rows::new("agent_assignments", ASSIGNMENT_ROW);
+        for (agent, (organization, last_assigned_at, total)) in self.assignments {
+            assignments.push([
+                agent.into(),
+                organization.into(),
+                last_assigned_at.into(),
+                total.into(),
+            ])?;
+        }
+        assignments
+            .insert(
+                tx,
+                "ON CONFLICT (agent_id) DO UPDATE
+                    SET last_assigned_at = excluded.last_assigned_at,
+                        assigned_total = agent_assignments.assigned_total + excluded.assigned_total",
+            )
+            .await?;
+
+        let mut comments = Rows::new("ticket_comments", COMMENT_ROW);
+        for comment in self.comments {
+            comments.push(comment)?;
+        }
+        comments.insert(tx, "").await
+    }
+}
+
+/// `a, b, c` of the columns.
+fn column_list(columns: &[(&str, Kind)]) -> String {
+    columns
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A ticket as the read model holds it.
