@@ -3,11 +3,13 @@
 use async_trait::async_trait;
 use domain::agent::AgentEvent;
 use sqlx::FromRow;
+use std::collections::BTreeMap;
 
-use crate::db::{timestamp, Bind, Database, DbError, Statement, Tx};
+use crate::bulk::{self, Kind, Rows};
+use crate::db::{timestamp, Database, DbError, Tx};
 use crate::event_log::StoredEvent;
+use crate::on_backend;
 use crate::runner::Projection;
-use crate::{bind_all, on_backend};
 
 /// Builds `agents` from AgentStatus events.
 #[derive(Debug, Default)]
@@ -28,79 +30,185 @@ impl Projection for AgentsProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
-        if event.aggregate_type != "AgentStatus" {
+        self.apply_batch(tx, &[event]).await
+    }
+
+    /// Reads the batch's agents and all their slot reservations, folds the events in
+    /// memory, and writes the agents back and their reservations anew.
+    async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
+        let mut decoded = Vec::with_capacity(events.len());
+        for event in events.iter().filter(|e| e.aggregate_type == "AgentStatus") {
+            decoded.push((*event, event.decode::<AgentEvent>()?));
+        }
+        if decoded.is_empty() {
             return Ok(());
         }
-        let id = event.aggregate_id.as_str();
-        let at = timestamp(event.occurred_at());
-        let (sql, binds): (&str, Vec<Bind>) = match event.decode::<AgentEvent>()? {
-            AgentEvent::AgentRegistered {
-                organization,
-                name,
-                max_tickets,
-                division_ids,
-            } => (
-                "INSERT INTO agents (id, organization_id, name, max_tickets, division_ids,
-                    registered_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                vec![
-                    Bind::Text(organization),
-                    Bind::Text(name),
-                    Bind::Int(max_tickets),
-                    Bind::Text(json_list(&division_ids)?),
-                    Bind::Text(at),
-                ],
-            ),
-            AgentEvent::AgentWentOnline => (
-                "UPDATE agents SET online = $2, online_since = $3 WHERE id = $1",
-                vec![Bind::Bool(true), Bind::Text(at)],
-            ),
-            AgentEvent::AgentWentOffline => (
-                "UPDATE agents SET online = $2, online_since = NULL WHERE id = $1",
-                vec![Bind::Bool(false)],
-            ),
-            AgentEvent::AgentCapacityChanged { to, .. } => (
-                "UPDATE agents SET max_tickets = $2 WHERE id = $1",
-                vec![Bind::Int(to)],
-            ),
-            AgentEvent::AgentDivisionsChanged { division_ids } => (
-                "UPDATE agents SET division_ids = $2 WHERE id = $1",
-                vec![Bind::Text(json_list(&division_ids)?)],
-            ),
-            AgentEvent::SlotReserved {
-                ticket_id,
-                ticket_version,
-                ..
-            } => (
-                "INSERT INTO slot_reservations (agent_id, ticket_id, organization_id,
-                    ticket_version, reserved_at)
-                 VALUES ($1, $2, $3, $4, $5)
-                 ON CONFLICT (agent_id, ticket_id) DO UPDATE
-                    SET ticket_version = excluded.ticket_version,
-                        reserved_at = excluded.reserved_at",
-                vec![
-                    Bind::Text(ticket_id),
-                    Bind::Text(event.metadata.organization.clone()),
-                    Bind::Int(ticket_version as i64),
-                    Bind::Text(at),
-                ],
-            ),
-            AgentEvent::SlotReleased { ticket_id, .. } => (
-                "DELETE FROM slot_reservations WHERE agent_id = $1 AND ticket_id = $2",
-                vec![Bind::Text(ticket_id)],
-            ),
-        };
-        let mut statement = Statement::new(sql);
-        statement.bind(Bind::Text(id.into()));
-        statement.binds.extend(binds);
-        on_backend!(tx, |t| {
-            bind_all!(sqlx::query(&statement.sql), statement)
-                .execute(&mut **t)
-                .await?;
-        });
-        Ok(())
+        let mut ids: Vec<String> = decoded
+            .iter()
+            .map(|(e, _)| e.aggregate_id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let select = format!("SELECT {} FROM agents", bulk::column_list(AGENT_ROW));
+        let stored: Vec<AgentRow> = bulk::select_in(tx, &select, "id", &ids).await?;
+        let mut agents: BTreeMap<String, AgentRow> =
+            stored.into_iter().map(|a| (a.id.clone(), a)).collect();
+        let select = format!(
+            "SELECT {} FROM slot_reservations",
+            bulk::column_list(RESERVATION_ROW)
+        );
+        let stored: Vec<ReservationRow> = bulk::select_in(tx, &select, "agent_id", &ids).await?;
+        let mut reservations: BTreeMap<(String, String), ReservationRow> = stored
+            .into_iter()
+            .map(|r| ((r.agent_id.clone(), r.ticket_id.clone()), r))
+            .collect();
+        for (event, agent_event) in decoded {
+            let id = event.aggregate_id.as_str();
+            let at = timestamp(event.occurred_at());
+            // Changes to an agent never registered change nothing, as an UPDATE would.
+            let agent = agents.get_mut(id);
+            match agent_event {
+                AgentEvent::AgentRegistered {
+                    organization,
+                    name,
+                    max_tickets,
+                    division_ids,
+                } => {
+                    if agent.is_some() {
+                        return Err(DbError::Corrupt(format!("agent {id} registered twice")));
+                    }
+                    agents.insert(
+                        id.to_string(),
+                        AgentRow {
+                            id: id.to_string(),
+                            organization_id: organization,
+                            name,
+                            max_tickets,
+                            division_ids: json_list(&division_ids)?,
+                            online: false,
+                            registered_at: at,
+                            online_since: None,
+                        },
+                    );
+                }
+                AgentEvent::AgentWentOnline => {
+                    if let Some(agent) = agent {
+                        agent.online = true;
+                        agent.online_since = Some(at);
+                    }
+                }
+                AgentEvent::AgentWentOffline => {
+                    if let Some(agent) = agent {
+                        agent.online = false;
+                        agent.online_since = None;
+                    }
+                }
+                AgentEvent::AgentCapacityChanged { to, .. } => {
+                    if let Some(agent) = agent {
+                        agent.max_tickets = to;
+                    }
+                }
+                AgentEvent::AgentDivisionsChanged { division_ids } => {
+                    if let Some(agent) = agent {
+                        agent.division_ids = json_list(&division_ids)?;
+                    }
+                }
+                AgentEvent::SlotReserved {
+                    ticket_id,
+                    ticket_version,
+                    ..
+                } => {
+                    // A reservation made again keeps its organization and takes the new
+                    // version and time.
+                    let reservation = reservations
+                        .entry((id.to_string(), ticket_id.clone()))
+                        .or_insert_with(|| ReservationRow {
+                            agent_id: id.to_string(),
+                            ticket_id,
+                            organization_id: event.metadata.organization.clone(),
+                            ticket_version: 0,
+                            reserved_at: String::new(),
+                        });
+                    reservation.ticket_version = ticket_version as i64;
+                    reservation.reserved_at = at;
+                }
+                AgentEvent::SlotReleased { ticket_id, .. } => {
+                    reservations.remove(&(id.to_string(), ticket_id));
+                }
+            }
+        }
+        let mut rows = Rows::new("agents", AGENT_ROW);
+        for agent in agents.into_values() {
+            rows.push([
+                agent.id.into(),
+                agent.organization_id.into(),
+                agent.name.into(),
+                agent.max_tickets.into(),
+                agent.division_ids.into(),
+                agent.online.into(),
+                agent.registered_at.into(),
+                agent.online_since.into(),
+            ])?;
+        }
+        rows.insert(tx, &bulk::replace_on_conflict(AGENT_ROW, &["id"]))
+            .await?;
+        // Every reservation of these agents was read above: write their set anew.
+        bulk::delete_in(tx, "slot_reservations", "agent_id", &ids, "").await?;
+        let mut rows = Rows::new("slot_reservations", RESERVATION_ROW);
+        for reservation in reservations.into_values() {
+            rows.push([
+                reservation.agent_id.into(),
+                reservation.ticket_id.into(),
+                reservation.organization_id.into(),
+                reservation.ticket_version.into(),
+                reservation.reserved_at.into(),
+            ])?;
+        }
+        rows.insert(tx, "").await
     }
 }
+
+/// An `agents` row (all its columns).
+#[derive(Debug, Clone, FromRow)]
+struct AgentRow {
+    id: String,
+    organization_id: String,
+    name: String,
+    max_tickets: i64,
+    division_ids: String,
+    online: bool,
+    registered_at: String,
+    online_since: Option<String>,
+}
+
+const AGENT_ROW: &[(&str, Kind)] = &[
+    ("id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("name", Kind::Text),
+    ("max_tickets", Kind::Int),
+    ("division_ids", Kind::Text),
+    ("online", Kind::Bool),
+    ("registered_at", Kind::Text),
+    ("online_since", Kind::Text),
+];
+
+/// A `slot_reservations` row.
+#[derive(Debug, Clone, FromRow)]
+struct ReservationRow {
+    agent_id: String,
+    ticket_id: String,
+    organization_id: String,
+    ticket_version: i64,
+    reserved_at: String,
+}
+
+const RESERVATION_ROW: &[(&str, Kind)] = &[
+    ("agent_id", Kind::Text),
+    ("ticket_id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("ticket_version", Kind::Int),
+    ("reserved_at", Kind::Text),
+];
 
 fn json_list(values: &[String]) -> Result<String, DbError> {
     serde_json::to_string(values).map_err(|e| DbError::Corrupt(e.to_string()))

@@ -27,6 +27,8 @@ pub enum Kind {
     Text,
     /// `bigint`.
     Int,
+    /// `boolean` (an integer 0 or 1 on SQLite).
+    Bool,
 }
 
 /// One value of a row written by [`Rows`].
@@ -36,6 +38,14 @@ pub enum Value {
     Text(Option<String>),
     /// An integer value or NULL.
     Int(Option<i64>),
+    /// A boolean value or NULL.
+    Bool(Option<bool>),
+}
+
+impl From<bool> for Value {
+    fn from(value: bool) -> Self {
+        Value::Bool(Some(value))
+    }
 }
 
 impl From<String> for Value {
@@ -95,7 +105,9 @@ impl Rows {
             && pushed.iter().zip(self.columns).all(|(value, (_, kind))| {
                 matches!(
                     (value, kind),
-                    (Value::Text(_), Kind::Text) | (Value::Int(_), Kind::Int)
+                    (Value::Text(_), Kind::Text)
+                        | (Value::Int(_), Kind::Int)
+                        | (Value::Bool(_), Kind::Bool)
                 )
             });
         if !fits {
@@ -137,6 +149,7 @@ impl Rows {
                     .map(|(i, (_, kind))| match kind {
                         Kind::Text => format!("${}::text[]", i + 1),
                         Kind::Int => format!("${}::bigint[]", i + 1),
+                        Kind::Bool => format!("${}::boolean[]", i + 1),
                     })
                     .collect();
                 let sql = format!(
@@ -152,7 +165,7 @@ impl Rows {
                             cells
                                 .map(|value| match value {
                                     Value::Text(text) => text.clone(),
-                                    Value::Int(_) => None,
+                                    _ => None,
                                 })
                                 .collect::<Vec<Option<String>>>(),
                         ),
@@ -160,9 +173,17 @@ impl Rows {
                             cells
                                 .map(|value| match value {
                                     Value::Int(int) => *int,
-                                    Value::Text(_) => None,
+                                    _ => None,
                                 })
                                 .collect::<Vec<Option<i64>>>(),
+                        ),
+                        Kind::Bool => query.bind(
+                            cells
+                                .map(|value| match value {
+                                    Value::Bool(flag) => *flag,
+                                    _ => None,
+                                })
+                                .collect::<Vec<Option<bool>>>(),
                         ),
                     };
                 }
@@ -188,11 +209,21 @@ impl Rows {
     }
 }
 
+/// `a, b, c` of the columns, for a `SELECT` of the rows [`Rows`] writes.
+pub fn column_list(columns: &[(&str, Kind)]) -> String {
+    columns
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn json_of(value: &Value) -> serde_json::Value {
     match value {
         Value::Text(Some(text)) => serde_json::Value::String(text.clone()),
         Value::Int(Some(int)) => serde_json::Value::from(*int),
-        Value::Text(None) | Value::Int(None) => serde_json::Value::Null,
+        Value::Bool(Some(flag)) => serde_json::Value::from(*flag),
+        Value::Text(None) | Value::Int(None) | Value::Bool(None) => serde_json::Value::Null,
     }
 }
 
@@ -291,6 +322,9 @@ mod tests {
             .push(["b".into(), "x".into(), None::<String>.into()])
             .is_err());
         assert!(rows.push(["c".into(), 1.into()]).is_err());
+        assert!(rows
+            .push(["d".into(), true.into(), None::<String>.into()])
+            .is_err());
         assert_eq!(rows.len(), 1);
     }
 

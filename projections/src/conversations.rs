@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 use domain::channel::ChannelEvent;
 use domain::conversation::{ConversationEvent, OutboundKind, Sealed};
 use sqlx::FromRow;
+use std::collections::HashMap;
 
+use crate::bulk::{self, Kind, Rows};
 use crate::db::{timestamp, Database, DbError, Tx};
 use crate::event_log::StoredEvent;
 use crate::on_backend;
@@ -355,81 +357,120 @@ impl Projection for OutboxProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
-        if event.aggregate_type != "Conversation" {
+        self.apply_batch(tx, &[event]).await
+    }
+
+    /// Routes and jobs of the whole batch in two statements. A route already stored wins
+    /// over a later `ConversationStarted` of the same conversation, and a message already
+    /// queued is left as it is (a replay inserts nothing that is there).
+    async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
+        let mut started = Vec::new();
+        let mut queued = Vec::new();
+        for event in events.iter().filter(|e| e.aggregate_type == "Conversation") {
+            match event.decode::<ConversationEvent>()? {
+                ConversationEvent::ConversationStarted {
+                    organization,
+                    channel_id,
+                    ..
+                } => started.push((event.aggregate_id.clone(), organization, channel_id)),
+                ConversationEvent::OutboundMessageQueued {
+                    message_id, kind, ..
+                } => queued.push((*event, message_id, kind)),
+                _ => {}
+            }
+        }
+        if started.is_empty() && queued.is_empty() {
             return Ok(());
         }
-        let (message_id, kind) = match event.decode::<ConversationEvent>()? {
-            ConversationEvent::ConversationStarted {
-                organization,
-                channel_id,
-                ..
-            } => {
-                on_backend!(tx, |t| {
-                    sqlx::query(
-                        "INSERT INTO outbox_routes (conversation_id, organization_id, channel_id)
-                         VALUES ($1, $2, $3) ON CONFLICT (conversation_id) DO NOTHING",
-                    )
-                    .bind(&event.aggregate_id)
-                    .bind(&organization)
-                    .bind(&channel_id)
-                    .execute(&mut **t)
-                    .await?;
-                });
-                return Ok(());
-            }
-            ConversationEvent::OutboundMessageQueued {
-                message_id, kind, ..
-            } => (message_id, kind),
-            _ => return Ok(()),
-        };
-        let queued_at = event.occurred_at();
-        let too_old = Utc::now() - queued_at > chrono::Duration::hours(OUTBOX_MAX_AGE_HOURS);
-        let (status, last_error) = if too_old {
-            ("DEAD", Some("older than 24 hours when queued; not sent"))
-        } else {
-            ("PENDING", None)
-        };
-        let now = timestamp(Utc::now());
-        let queued = on_backend!(tx, |t| {
-            sqlx::query(
-                "INSERT INTO outbox_jobs (message_id, organization_id, conversation_id, channel_id,
-                    priority, queued_at, idempotency_key, status, attempts, next_attempt_at,
-                    last_error, updated_at)
-                 SELECT $1, r.organization_id, r.conversation_id, r.channel_id, $2, $3, $1, $4, 0,
-                        $3, $5, $6
-                   FROM outbox_routes r WHERE r.conversation_id = $7
-                 ON CONFLICT (message_id) DO NOTHING",
-            )
-            .bind(&message_id)
-            .bind(kind.delivery_priority())
-            .bind(timestamp(queued_at))
-            .bind(status)
-            .bind(last_error)
-            .bind(&now)
-            .bind(&event.aggregate_id)
-            .execute(&mut **t)
-            .await?
-            .rows_affected()
-        });
-        if queued == 0 {
-            // Either queued before (a replay: nothing to do) or the conversation's start was
-            // never seen, which would lose the message: refuse to move on.
-            let known: i64 = on_backend!(tx, |t| sqlx::query_scalar(
-                "SELECT COUNT(*) FROM outbox_jobs WHERE message_id = $1"
-            )
-            .bind(&message_id)
-            .fetch_one(&mut **t)
-            .await?);
-            if known == 0 {
-                return Err(DbError::Corrupt(format!(
-                    "outbound message {message_id} of conversation {} has no route",
-                    event.aggregate_id
-                )));
+        let mut conversations: Vec<String> = queued
+            .iter()
+            .map(|(e, ..)| e.aggregate_id.clone())
+            .collect();
+        conversations.extend(started.iter().map(|(id, ..)| id.clone()));
+        conversations.sort();
+        conversations.dedup();
+        let stored: Vec<(String, String, String)> = bulk::select_in(
+            tx,
+            "SELECT conversation_id, organization_id, channel_id FROM outbox_routes",
+            "conversation_id",
+            &conversations,
+        )
+        .await?;
+        let mut routes: HashMap<String, (String, String)> = stored
+            .into_iter()
+            .map(|(conversation, organization, channel)| (conversation, (organization, channel)))
+            .collect();
+        let mut new_routes = Rows::new("outbox_routes", ROUTE_ROW);
+        for (conversation, organization, channel) in started {
+            if !routes.contains_key(&conversation) {
+                new_routes.push([
+                    conversation.as_str().into(),
+                    organization.as_str().into(),
+                    channel.as_str().into(),
+                ])?;
+                routes.insert(conversation, (organization, channel));
             }
         }
-        Ok(())
+        let now = Utc::now();
+        let mut jobs = Rows::new("outbox_jobs", JOB_ROW);
+        for (event, message_id, kind) in queued {
+            // The conversation's start never seen would lose the message: refuse to move on.
+            let (organization, channel) = routes.get(&event.aggregate_id).ok_or_else(|| {
+                DbError::Corrupt(format!(
+                    "outbound message {message_id} of conversation {} has no route",
+                    event.aggregate_id
+                ))
+            })?;
+            let queued_at = event.occurred_at();
+            let too_old = now - queued_at > chrono::Duration::hours(OUTBOX_MAX_AGE_HOURS);
+            let (status, last_error) = if too_old {
+                (
+                    "DEAD",
+                    Some("older than 24 hours when queued; not sent".to_string()),
+                )
+            } else {
+                ("PENDING", None)
+            };
+            jobs.push([
+                message_id.as_str().into(),
+                organization.as_str().into(),
+                event.aggregate_id.as_str().into(),
+                channel.as_str().into(),
+                kind.delivery_priority().into(),
+                timestamp(queued_at).into(),
+                message_id.into(),
+                status.into(),
+                0.into(),
+                timestamp(queued_at).into(),
+                last_error.into(),
+                timestamp(now).into(),
+            ])?;
+        }
+        new_routes.insert(tx, "").await?;
+        jobs.insert(tx, "ON CONFLICT (message_id) DO NOTHING").await
     }
 }
+
+const ROUTE_ROW: &[(&str, Kind)] = &[
+    ("conversation_id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("channel_id", Kind::Text),
+];
+
+const JOB_ROW: &[(&str, Kind)] = &[
+    ("message_id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("conversation_id", Kind::Text),
+    ("channel_id", Kind::Text),
+    ("priority", Kind::Int),
+    ("queued_at", Kind::Text),
+    ("idempotency_key", Kind::Text),
+    ("status", Kind::Text),
+    ("attempts", Kind::Int),
+    ("next_attempt_at", Kind::Text),
+    ("last_error", Kind::Text),
+    ("updated_at", Kind::Text),
+];
 
 /// A conversation as the read model holds it (personal data still sealed).
 #[derive(Debug, Clone, PartialEq, FromRow)]

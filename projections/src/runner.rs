@@ -69,6 +69,32 @@ pub const BATCH_SIZE: i64 = 500;
 /// types: those it passes over are never fetched, so the stretch can be longer.
 const PASS_OVER_STRETCH: i64 = 2_000;
 
+/// How much of the log one batch takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stretch {
+    /// A live runner's: short transactions, so new events show soon and a batch holds its
+    /// rows' locks briefly.
+    Live,
+    /// A catch-up's (a rebuild, a runner far behind in `catch_up`): ten times longer, so a
+    /// projection that folds its batch writes each row once for many of its events and
+    /// round trips are spread over more of them.
+    CatchUp,
+}
+
+impl Stretch {
+    fn events(self, passes_over: bool) -> i64 {
+        let live = if passes_over {
+            PASS_OVER_STRETCH
+        } else {
+            BATCH_SIZE
+        };
+        match self {
+            Stretch::Live => live,
+            Stretch::CatchUp => live * 10,
+        }
+    }
+}
+
 /// Rings whenever events are committed, so idle runners wake at once instead of polling;
 /// and tells where projections run by other replicas stand.
 #[derive(Debug, Clone)]
@@ -415,6 +441,7 @@ impl Runner {
                 &self.db,
                 self.projection.as_ref(),
                 cursor,
+                Stretch::Live,
                 Some(&self.telemetry),
                 self.options.pause_before_commit.as_deref() == Some(name),
             )
@@ -529,16 +556,13 @@ pub async fn batch(
     db: &Database,
     projection: &dyn Projection,
     cursor: Cursor,
+    stretch: Stretch,
     telemetry: Option<&ProjectionTelemetry>,
     pause_before_commit: bool,
 ) -> Result<Step, DbError> {
     let wanted = (!projection.consumes_every_event()).then(|| projection.aggregate_types());
     // Passing over costs little, so a projection of a few types takes a longer stretch.
-    let stretch = if wanted.is_some() {
-        PASS_OVER_STRETCH
-    } else {
-        BATCH_SIZE
-    };
+    let stretch = stretch.events(wanted.is_some());
     let window = event_log::read_window(db, cursor.seen, stretch, wanted).await?;
     let Some((to, last_occurred_at)) = window.last else {
         return Ok(Step::Idle);
@@ -711,7 +735,7 @@ pub async fn catch_up(
     let target = event_log::log_head(db).await?;
     let mut cursor = Cursor::at(load_checkpoint(db, projection.name()).await?);
     while cursor.seen < target {
-        match batch(db, projection, cursor, None, false).await? {
+        match batch(db, projection, cursor, Stretch::CatchUp, None, false).await? {
             Step::Advanced {
                 cursor: to,
                 read,

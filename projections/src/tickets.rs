@@ -272,20 +272,23 @@ impl Fold {
             }
         }
         let ids: Vec<String> = ids.into_iter().map(str::to_string).collect();
-        let select = format!("SELECT {} FROM tickets", column_list(TICKET_ROW));
+        let select = format!("SELECT {} FROM tickets", bulk::column_list(TICKET_ROW));
         let rows: Vec<TicketRow> = bulk::select_in(tx, &select, "id", &ids).await?;
         for row in rows {
             organizations.insert(row.organization_id.clone());
             fold.tickets.insert(row.id.clone(), row);
         }
-        let select = format!("SELECT {} FROM queue_entries", column_list(ENTRY_ROW));
+        let select = format!("SELECT {} FROM queue_entries", bulk::column_list(ENTRY_ROW));
         let stored: Vec<EntryRow> = bulk::select_in(tx, &select, "ticket_id", &ids).await?;
         for entry in stored {
             fold.stored_entries.push(entry.ticket_id.clone());
             fold.entries.insert(entry.ticket_id.clone(), Some(entry));
         }
         let organizations: Vec<String> = organizations.into_iter().collect();
-        let select = format!("SELECT {} FROM queue_counters", column_list(COUNTER_ROW));
+        let select = format!(
+            "SELECT {} FROM queue_counters",
+            bulk::column_list(COUNTER_ROW)
+        );
         let counters: Vec<CounterRow> =
             bulk::select_in(tx, &select, "organization_id", &organizations).await?;
         for counter in counters {
@@ -617,15 +620,6 @@ impl Fold {
         }
         comments.insert(tx, "").await
     }
-}
-
-/// `a, b, c` of the columns.
-fn column_list(columns: &[(&str, Kind)]) -> String {
-    columns
-        .iter()
-        .map(|(name, _)| *name)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A ticket as the read model holds it.

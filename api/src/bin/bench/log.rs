@@ -103,7 +103,7 @@ use projections::db::{timestamp, Backend};
 use projections::event_log::{self, Checkpoint, LogFilter, StoredEvent};
 use projections::personal_data::CustomerKey;
 use projections::rebuild::{self, Scratch};
-use projections::runner::{self, Cursor, Step};
+use projections::runner::{self, Cursor, Step, Stretch};
 use projections::{on_backend, Database};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -2094,7 +2094,7 @@ async fn chain(db: &Database, n: u64, limit: Duration) -> anyhow::Result<ChainFi
     let started = Instant::now();
     let mut by_runner = 0u64;
     while cursor.seen < head && started.elapsed() < limit {
-        match runner::batch(db, &projection, cursor, None, false).await? {
+        match runner::batch(db, &projection, cursor, Stretch::Live, None, false).await? {
             Step::Advanced {
                 cursor: to,
                 read,
