@@ -42,13 +42,167 @@ impl Projection for ConversationsProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
-        if event.aggregate_type != "Conversation" {
+        self.apply_batch(tx, &[event]).await
+    }
+
+    /// Reads the batch's conversations once, folds the events into them in memory, writes
+    /// each once, and inserts the batch's messages and bot interactions in one statement
+    /// each.
+    async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
+        let mut decoded = Vec::with_capacity(events.len());
+        for event in events.iter().filter(|e| e.aggregate_type == "Conversation") {
+            decoded.push((*event, event.decode::<ConversationEvent>()?));
+        }
+        if decoded.is_empty() {
             return Ok(());
         }
+        let mut ids: Vec<String> = decoded
+            .iter()
+            .map(|(e, _)| e.aggregate_id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let select = format!(
+            "SELECT {} FROM conversations",
+            bulk::column_list(CONVERSATION_ROW)
+        );
+        let stored: Vec<ConversationRow> = bulk::select_in(tx, &select, "id", &ids).await?;
+        let mut fold = ConversationFold {
+            conversations: stored.into_iter().map(|c| (c.id.clone(), c)).collect(),
+            messages: Rows::new("conversation_messages", MESSAGE_ROW),
+            interactions: Rows::new("bot_interactions", INTERACTION_ROW),
+        };
+        for (event, conversation_event) in decoded {
+            fold.apply(event, conversation_event)?;
+        }
+        let mut rows = Rows::new("conversations", CONVERSATION_ROW);
+        for id in ids {
+            if let Some(c) = fold.conversations.remove(&id) {
+                rows.push([
+                    c.id.into(),
+                    c.organization_id.into(),
+                    c.channel.into(),
+                    c.channel_id.into(),
+                    c.customer_id.into(),
+                    c.external_id.into(),
+                    c.customer_name.into(),
+                    c.mode.into(),
+                    c.division_id.into(),
+                    c.ticket_id.into(),
+                    c.needs_human.into(),
+                    c.unread_count.into(),
+                    c.last_message_at.into(),
+                    c.last_agent_reply_at.into(),
+                    c.last_agent_reply_by.into(),
+                    c.announced_ticket_id.into(),
+                    c.announced_assigned_at.into(),
+                    c.created_at.into(),
+                    c.version.into(),
+                ])?;
+            }
+        }
+        rows.insert(tx, &bulk::replace_on_conflict(CONVERSATION_ROW, &["id"]))
+            .await?;
+        fold.messages.insert(tx, "").await?;
+        fold.interactions.insert(tx, "").await
+    }
+}
+
+/// A `conversations` row (all its columns).
+#[derive(Debug, Clone, FromRow)]
+struct ConversationRow {
+    id: String,
+    organization_id: String,
+    channel: String,
+    channel_id: String,
+    customer_id: String,
+    external_id: String,
+    customer_name: Option<String>,
+    mode: String,
+    division_id: Option<String>,
+    ticket_id: Option<String>,
+    needs_human: bool,
+    unread_count: i64,
+    last_message_at: String,
+    last_agent_reply_at: Option<String>,
+    last_agent_reply_by: Option<String>,
+    announced_ticket_id: Option<String>,
+    announced_assigned_at: Option<String>,
+    created_at: String,
+    version: i64,
+}
+
+const CONVERSATION_ROW: &[(&str, Kind)] = &[
+    ("id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("channel", Kind::Text),
+    ("channel_id", Kind::Text),
+    ("customer_id", Kind::Text),
+    ("external_id", Kind::Text),
+    ("customer_name", Kind::Text),
+    ("mode", Kind::Text),
+    ("division_id", Kind::Text),
+    ("ticket_id", Kind::Text),
+    ("needs_human", Kind::Bool),
+    ("unread_count", Kind::Int),
+    ("last_message_at", Kind::Text),
+    ("last_agent_reply_at", Kind::Text),
+    ("last_agent_reply_by", Kind::Text),
+    ("announced_ticket_id", Kind::Text),
+    ("announced_assigned_at", Kind::Text),
+    ("created_at", Kind::Text),
+    ("version", Kind::Int),
+];
+
+const MESSAGE_ROW: &[(&str, Kind)] = &[
+    ("id", Kind::Text),
+    ("conversation_id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("direction", Kind::Text),
+    ("kind", Kind::Text),
+    ("author_id", Kind::Text),
+    ("text", Kind::Text),
+    ("created_at", Kind::Text),
+    ("position", Kind::Int),
+];
+
+const INTERACTION_ROW: &[(&str, Kind)] = &[
+    ("interaction_id", Kind::Text),
+    ("conversation_id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("bot_id", Kind::Text),
+    ("message_id", Kind::Text),
+];
+
+/// The conversations of a batch as they stand, and the rows the batch adds.
+struct ConversationFold {
+    conversations: HashMap<String, ConversationRow>,
+    messages: Rows,
+    interactions: Rows,
+}
+
+impl ConversationFold {
+    /// The stored conversation an event changes, its version moved to the event's.
+    fn update(&mut self, event: &StoredEvent) -> Result<&mut ConversationRow, DbError> {
+        let id = event.aggregate_id.as_str();
+        let row = self.conversations.get_mut(id).ok_or_else(|| {
+            DbError::Corrupt(format!(
+                "conversation {id} event {} has no conversation row to update",
+                event.sequence
+            ))
+        })?;
+        row.version = event.sequence;
+        Ok(row)
+    }
+
+    fn apply(
+        &mut self,
+        event: &StoredEvent,
+        conversation_event: ConversationEvent,
+    ) -> Result<(), DbError> {
         let id = event.aggregate_id.as_str();
         let at = timestamp(event.occurred_at());
-        let version = event.sequence;
-        match event.decode::<ConversationEvent>()? {
+        match conversation_event {
             ConversationEvent::ConversationStarted {
                 organization,
                 channel,
@@ -57,52 +211,50 @@ impl Projection for ConversationsProjection {
                 external_id,
                 customer_name,
             } => {
-                on_backend!(tx, |t| {
-                    sqlx::query(
-                        "INSERT INTO conversations (id, organization_id, channel, channel_id,
-                            customer_id, external_id, customer_name, mode, needs_human,
-                            unread_count, last_message_at, created_at, version)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'BOT', $8, 0, $9, $9, $10)",
-                    )
-                    .bind(id)
-                    .bind(&organization)
-                    .bind(channel.as_str())
-                    .bind(&channel_id)
-                    .bind(&customer_id)
-                    .bind(&external_id.0)
-                    .bind(customer_name.as_ref().map(|n| n.0.clone()))
-                    .bind(false)
-                    .bind(&at)
-                    .bind(version)
-                    .execute(&mut **t)
-                    .await?;
-                });
+                if self.conversations.contains_key(id) {
+                    return Err(DbError::Corrupt(format!("conversation {id} started twice")));
+                }
+                self.conversations.insert(
+                    id.to_string(),
+                    ConversationRow {
+                        id: id.to_string(),
+                        organization_id: organization,
+                        channel: channel.as_str().to_string(),
+                        channel_id,
+                        customer_id,
+                        external_id: external_id.0,
+                        customer_name: customer_name.map(|n| n.0),
+                        mode: "BOT".into(),
+                        division_id: None,
+                        ticket_id: None,
+                        needs_human: false,
+                        unread_count: 0,
+                        last_message_at: at.clone(),
+                        last_agent_reply_at: None,
+                        last_agent_reply_by: None,
+                        announced_ticket_id: None,
+                        announced_assigned_at: None,
+                        created_at: at,
+                        version: event.sequence,
+                    },
+                );
             }
             ConversationEvent::MessageReceived { message_id, text } => {
-                insert_message(tx, event, &message_id, "INBOUND", "CUSTOMER", None, &text).await?;
+                self.message(event, message_id, "INBOUND", "CUSTOMER", None, text)?;
                 // A customer writing to the humans waits for one of them.
-                update(
-                    tx,
-                    id,
-                    version,
-                    "unread_count = unread_count + 1, last_message_at = $3,
-                     needs_human = (mode = 'AGENT')",
-                    &[&at],
-                )
-                .await?;
+                let row = self.update(event)?;
+                row.unread_count += 1;
+                row.last_message_at = at;
+                row.needs_human = row.mode == "AGENT";
             }
             ConversationEvent::DivisionChosen { division_id } => {
-                update(tx, id, version, "division_id = $3", &[&division_id]).await?;
+                self.update(event)?.division_id = Some(division_id);
             }
             ConversationEvent::TicketLinked { ticket_id } => {
-                update(
-                    tx,
-                    id,
-                    version,
-                    "ticket_id = $3, mode = 'AGENT', needs_human = (1 = 1)",
-                    &[&ticket_id],
-                )
-                .await?;
+                let row = self.update(event)?;
+                row.ticket_id = Some(ticket_id);
+                row.mode = "AGENT".into();
+                row.needs_human = true;
             }
             ConversationEvent::OutboundMessageQueued {
                 message_id,
@@ -112,27 +264,21 @@ impl Projection for ConversationsProjection {
                 announces,
                 ..
             } => {
-                insert_message(
-                    tx,
+                self.message(
                     event,
-                    &message_id,
+                    message_id,
                     "OUTBOUND",
                     kind.as_str(),
-                    author_id.as_deref(),
-                    &text,
-                )
-                .await?;
+                    author_id.clone(),
+                    text,
+                )?;
                 match (kind, author_id, announces) {
                     (OutboundKind::Reply, Some(author), _) => {
-                        update(
-                            tx,
-                            id,
-                            version,
-                            "last_message_at = $3, last_agent_reply_at = $3,
-                             last_agent_reply_by = $4, needs_human = (1 = 0)",
-                            &[&at, &author],
-                        )
-                        .await?;
+                        let row = self.update(event)?;
+                        row.last_message_at = at.clone();
+                        row.last_agent_reply_at = Some(at);
+                        row.last_agent_reply_by = Some(author);
+                        row.needs_human = false;
                     }
                     (_, _, Some((ticket_id, assigned_micros))) => {
                         let assigned_at = DateTime::<Utc>::from_timestamp_micros(assigned_micros)
@@ -142,29 +288,24 @@ impl Projection for ConversationsProjection {
                                     "conversation {id}: announced time {assigned_micros}"
                                 ))
                             })?;
-                        update(
-                            tx,
-                            id,
-                            version,
-                            "last_message_at = $3, announced_ticket_id = $4,
-                             announced_assigned_at = $5",
-                            &[&at, &ticket_id, &assigned_at],
-                        )
-                        .await?;
+                        let row = self.update(event)?;
+                        row.last_message_at = at;
+                        row.announced_ticket_id = Some(ticket_id);
+                        row.announced_assigned_at = Some(assigned_at);
                     }
-                    _ => update(tx, id, version, "last_message_at = $3", &[&at]).await?,
+                    _ => self.update(event)?.last_message_at = at,
                 }
             }
             ConversationEvent::ConversationRead { .. } => {
-                update(tx, id, version, "unread_count = 0", &[]).await?;
+                self.update(event)?.unread_count = 0;
             }
             ConversationEvent::BotHandedOff {
                 interaction_id,
                 bot_id,
                 ..
             } => {
-                record_interaction(tx, event, &interaction_id, &bot_id, None).await?;
-                update(tx, id, version, "needs_human = (1 = 1)", &[]).await?;
+                self.interaction(event, interaction_id, bot_id, None)?;
+                self.update(event)?.needs_human = true;
             }
             ConversationEvent::BotAnswered {
                 interaction_id,
@@ -172,40 +313,54 @@ impl Projection for ConversationsProjection {
                 message_id,
                 ..
             } => {
-                record_interaction(tx, event, &interaction_id, &bot_id, Some(&message_id)).await?;
-                update(tx, id, version, "", &[]).await?;
+                self.interaction(event, interaction_id, bot_id, Some(message_id))?;
+                self.update(event)?;
             }
             ConversationEvent::BotInteractionRated { .. } => {
                 // Counted by the chatbot analytics; the conversation only moves its version.
-                update(tx, id, version, "", &[]).await?;
+                self.update(event)?;
             }
         }
         Ok(())
     }
-}
 
-async fn record_interaction(
-    tx: &mut Tx,
-    event: &StoredEvent,
-    interaction_id: &str,
-    bot_id: &str,
-    answer_message_id: Option<&str>,
-) -> Result<(), DbError> {
-    on_backend!(tx, |t| {
-        sqlx::query(
-            "INSERT INTO bot_interactions (interaction_id, conversation_id, organization_id, bot_id,
-                message_id)
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(interaction_id)
-        .bind(&event.aggregate_id)
-        .bind(&event.metadata.organization)
-        .bind(bot_id)
-        .bind(answer_message_id)
-        .execute(&mut **t)
-        .await?;
-    });
-    Ok(())
+    fn interaction(
+        &mut self,
+        event: &StoredEvent,
+        interaction_id: String,
+        bot_id: String,
+        answer_message_id: Option<String>,
+    ) -> Result<(), DbError> {
+        self.interactions.push([
+            interaction_id.into(),
+            event.aggregate_id.as_str().into(),
+            event.metadata.organization.as_str().into(),
+            bot_id.into(),
+            answer_message_id.into(),
+        ])
+    }
+
+    fn message(
+        &mut self,
+        event: &StoredEvent,
+        message_id: String,
+        direction: &str,
+        kind: &str,
+        author_id: Option<String>,
+        text: Sealed,
+    ) -> Result<(), DbError> {
+        self.messages.push([
+            message_id.into(),
+            event.aggregate_id.as_str().into(),
+            event.metadata.organization.as_str().into(),
+            direction.into(),
+            kind.into(),
+            author_id.into(),
+            text.0.into(),
+            timestamp(event.occurred_at()).into(),
+            event.position().into(),
+        ])
+    }
 }
 
 /// The conversation and bot of a bot interaction.
@@ -222,65 +377,6 @@ pub async fn interaction_conversation(
     .bind(organization)
     .fetch_optional(pool)
     .await?))
-}
-
-async fn insert_message(
-    tx: &mut Tx,
-    event: &StoredEvent,
-    message_id: &str,
-    direction: &str,
-    kind: &str,
-    author_id: Option<&str>,
-    text: &Sealed,
-) -> Result<(), DbError> {
-    on_backend!(tx, |t| {
-        sqlx::query(
-            "INSERT INTO conversation_messages (id, conversation_id, organization_id, direction,
-                kind, author_id, text, created_at, position)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(message_id)
-        .bind(&event.aggregate_id)
-        .bind(&event.metadata.organization)
-        .bind(direction)
-        .bind(kind)
-        .bind(author_id)
-        .bind(&text.0)
-        .bind(timestamp(event.occurred_at()))
-        .bind(event.position())
-        .execute(&mut **t)
-        .await?;
-    });
-    Ok(())
-}
-
-/// `UPDATE conversations SET <set>, version WHERE id` (`set` may be empty): `$1` the id,
-/// `$2` the version, the texts `$3...`.
-async fn update(
-    tx: &mut Tx,
-    id: &str,
-    version: i64,
-    set: &str,
-    texts: &[&String],
-) -> Result<(), DbError> {
-    let sql = if set.is_empty() {
-        "UPDATE conversations SET version = $2 WHERE id = $1".to_string()
-    } else {
-        format!("UPDATE conversations SET {set}, version = $2 WHERE id = $1")
-    };
-    let updated = on_backend!(tx, |t| {
-        let mut query = sqlx::query(&sql).bind(id).bind(version);
-        for text in texts {
-            query = query.bind(text.as_str());
-        }
-        query.execute(&mut **t).await?.rows_affected()
-    });
-    if updated != 1 {
-        return Err(DbError::Corrupt(format!(
-            "conversation {id} event {version} has no conversation row to update"
-        )));
-    }
-    Ok(())
 }
 
 /// Builds `channels` from ChannelConfig events.

@@ -17,7 +17,9 @@ use domain::conversation::ConversationEvent;
 use domain::notification::{InboxEvent, NotificationEvent, NotificationKind};
 use domain::ticket::{AssignmentVia, TicketEvent};
 use sqlx::FromRow;
+use std::collections::{BTreeSet, HashMap};
 
+use crate::bulk::{self, Kind, Rows};
 use crate::db::{timestamp, Backend, Database, DbError, Tx};
 use crate::event_log::StoredEvent;
 use crate::on_backend;
@@ -58,158 +60,308 @@ impl Projection for NotificationsProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
-        match event.aggregate_type.as_str() {
-            "Ticket" => apply_ticket(tx, event).await,
-            "Conversation" => apply_conversation(tx, event).await,
-            "Notification" => apply_notification(tx, event).await,
-            "Inbox" => apply_inbox(tx, event).await,
-            _ => Ok(()),
-        }
+        self.apply_batch(tx, &[event]).await
     }
-}
 
-async fn apply_ticket(tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
-    let ticket_id = event.aggregate_id.as_str();
-    let actor = event.metadata.actor.id.as_str();
-    match event.decode::<TicketEvent>()? {
-        TicketEvent::TicketCreated {
-            organization,
-            number,
-            ..
-        } => {
-            on_backend!(tx, |t| {
-                sqlx::query(
-                    "INSERT INTO notification_tickets (ticket_id, organization_id, number, holder_id)
-                     VALUES ($1, $2, $3, NULL)",
-                )
-                .bind(ticket_id)
-                .bind(&organization)
-                .bind(number)
-                .execute(&mut **t)
-                .await?;
-            });
-        }
-        TicketEvent::TicketAssigned {
-            agent_id,
-            previous_agent_id,
-            via,
-            ..
-        } => {
-            set_holder(tx, ticket_id, Some(&agent_id)).await?;
-            if via == AssignmentVia::Escalation {
-                notify(tx, event, &agent_id, NotificationKind::EscalatedToYou, None).await?;
-                if let Some(previous) = &previous_agent_id {
-                    notify(tx, event, previous, NotificationKind::EscalatedAway, None).await?;
+    /// Ticket and Conversation events (nearly all of them) are folded in memory a run at a
+    /// time; a user's own Notification and Inbox events, which change stored notifications
+    /// by id or by position, are applied one by one after the run before them is written.
+    async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
+        let mut run: Vec<&StoredEvent> = Vec::new();
+        for event in events {
+            match event.aggregate_type.as_str() {
+                "Ticket" | "Conversation" => run.push(event),
+                "Notification" | "Inbox" => {
+                    Fold::apply_run(tx, &std::mem::take(&mut run)).await?;
+                    if event.aggregate_type == "Notification" {
+                        apply_notification(tx, event).await?;
+                    } else {
+                        apply_inbox(tx, event).await?;
+                    }
                 }
-            } else if agent_id != actor {
-                notify(tx, event, &agent_id, NotificationKind::TicketAssigned, None).await?;
+                _ => {}
             }
         }
-        TicketEvent::TicketReopened {
-            previous_agent_id, ..
-        } => {
-            set_holder(tx, ticket_id, None).await?;
-            if let Some(previous) = previous_agent_id.filter(|p| p != actor) {
-                notify(tx, event, &previous, NotificationKind::TicketReopened, None).await?;
-            }
-        }
-        TicketEvent::TicketRequeued { .. }
-        | TicketEvent::TicketResolved { .. }
-        | TicketEvent::TicketClosed => set_holder(tx, ticket_id, None).await?,
-        TicketEvent::TicketStarted { .. }
-        | TicketEvent::TicketPriorityChanged { .. }
-        | TicketEvent::CommentAdded { .. }
-        | TicketEvent::TicketRated { .. } => {}
+        Fold::apply_run(tx, &run).await
     }
-    Ok(())
 }
 
-async fn set_holder(tx: &mut Tx, ticket_id: &str, holder: Option<&str>) -> Result<(), DbError> {
-    on_backend!(tx, |t| {
-        sqlx::query("UPDATE notification_tickets SET holder_id = $2 WHERE ticket_id = $1")
-            .bind(ticket_id)
-            .bind(holder)
-            .execute(&mut **t)
-            .await?;
-    });
-    Ok(())
+/// A `notification_tickets` row: who holds the ticket now.
+#[derive(Debug, Clone, FromRow)]
+struct TicketRow {
+    ticket_id: String,
+    organization_id: String,
+    number: i64,
+    holder_id: Option<String>,
 }
 
-/// Adds the notification `user_id` gets from `event` (about its ticket, or the ticket
-/// `ticket_id` for conversation events).
-async fn notify(
-    tx: &mut Tx,
-    event: &StoredEvent,
-    user_id: &str,
-    kind: NotificationKind,
-    conversation: Option<(&str, &str)>,
-) -> Result<(), DbError> {
-    let (ticket_id, conversation_id) = match conversation {
-        Some((conversation_id, ticket_id)) => (ticket_id, Some(conversation_id)),
-        None => (event.aggregate_id.as_str(), None),
-    };
-    on_backend!(tx, |t| {
-        sqlx::query(
-            "INSERT INTO notifications (id, organization_id, user_id, kind, ticket_id,
-                ticket_number, conversation_id, created_at, position, read_at, deleted)
-             SELECT $1, $2, $3, $4, $5,
-                    (SELECT number FROM notification_tickets WHERE ticket_id = $5), $6, $7, $8,
-                    NULL, false
-             ON CONFLICT (id) DO NOTHING",
+const TICKET_ROW: &[(&str, Kind)] = &[
+    ("ticket_id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("number", Kind::Int),
+    ("holder_id", Kind::Text),
+];
+
+const CONVERSATION_ROW: &[(&str, Kind)] =
+    &[("conversation_id", Kind::Text), ("ticket_id", Kind::Text)];
+
+const NOTIFICATION_ROW: &[(&str, Kind)] = &[
+    ("id", Kind::Text),
+    ("organization_id", Kind::Text),
+    ("user_id", Kind::Text),
+    ("kind", Kind::Text),
+    ("ticket_id", Kind::Text),
+    ("ticket_number", Kind::Int),
+    ("conversation_id", Kind::Text),
+    ("created_at", Kind::Text),
+    ("position", Kind::Int),
+    ("read_at", Kind::Text),
+    ("deleted", Kind::Bool),
+];
+
+/// The ticket holders and conversation links a run of Ticket and Conversation events
+/// touches, read once, changed in memory, written once, with the notifications the run adds.
+#[derive(Debug)]
+struct Fold {
+    tickets: HashMap<String, TicketRow>,
+    changed_tickets: BTreeSet<String>,
+    conversations: HashMap<String, String>,
+    changed_conversations: BTreeSet<String>,
+    notifications: Rows,
+}
+
+impl Fold {
+    async fn apply_run(tx: &mut Tx, run: &[&StoredEvent]) -> Result<(), DbError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut decoded = Vec::with_capacity(run.len());
+        let mut conversation_ids = BTreeSet::new();
+        let mut ticket_ids = BTreeSet::new();
+        for event in run {
+            let decoded_event = if event.aggregate_type == "Ticket" {
+                ticket_ids.insert(event.aggregate_id.clone());
+                Decoded::Ticket(event.decode::<TicketEvent>()?)
+            } else {
+                let conversation_event = event.decode::<ConversationEvent>()?;
+                match &conversation_event {
+                    ConversationEvent::TicketLinked { ticket_id } => {
+                        ticket_ids.insert(ticket_id.clone());
+                        conversation_ids.insert(event.aggregate_id.clone());
+                    }
+                    ConversationEvent::MessageReceived { .. } => {
+                        conversation_ids.insert(event.aggregate_id.clone());
+                    }
+                    _ => {}
+                }
+                Decoded::Conversation(conversation_event)
+            };
+            decoded.push((*event, decoded_event));
+        }
+        let mut fold = Fold {
+            tickets: HashMap::new(),
+            changed_tickets: BTreeSet::new(),
+            conversations: HashMap::new(),
+            changed_conversations: BTreeSet::new(),
+            notifications: Rows::new("notifications", NOTIFICATION_ROW),
+        };
+        let conversation_ids: Vec<String> = conversation_ids.into_iter().collect();
+        let links: Vec<(String, String)> = bulk::select_in(
+            tx,
+            "SELECT conversation_id, ticket_id FROM notification_conversations",
+            "conversation_id",
+            &conversation_ids,
         )
-        .bind(notification_id(event.position(), user_id))
-        .bind(&event.metadata.organization)
-        .bind(user_id)
-        .bind(kind.as_str())
-        .bind(ticket_id)
-        .bind(conversation_id)
-        .bind(timestamp(event.occurred_at()))
-        .bind(event.position())
-        .execute(&mut **t)
         .await?;
-    });
-    Ok(())
-}
-
-async fn apply_conversation(tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
-    let conversation_id = event.aggregate_id.as_str();
-    match event.decode::<ConversationEvent>()? {
-        ConversationEvent::TicketLinked { ticket_id } => {
-            on_backend!(tx, |t| {
-                sqlx::query(
-                    "INSERT INTO notification_conversations (conversation_id, ticket_id)
-                     VALUES ($1, $2)
-                     ON CONFLICT (conversation_id) DO UPDATE SET ticket_id = excluded.ticket_id",
-                )
-                .bind(conversation_id)
-                .bind(&ticket_id)
-                .execute(&mut **t)
-                .await?;
-            });
+        for (conversation, ticket) in links {
+            ticket_ids.insert(ticket.clone());
+            fold.conversations.insert(conversation, ticket);
         }
-        ConversationEvent::MessageReceived { .. } => {
-            let holder: Option<(String, Option<String>)> = on_backend!(tx, |t| sqlx::query_as(
-                "SELECT c.ticket_id, k.holder_id FROM notification_conversations c
-                   JOIN notification_tickets k ON k.ticket_id = c.ticket_id
-                  WHERE c.conversation_id = $1"
-            )
-            .bind(conversation_id)
-            .fetch_optional(&mut **t)
-            .await?);
-            if let Some((ticket_id, Some(holder))) = holder {
-                notify(
-                    tx,
-                    event,
-                    &holder,
-                    NotificationKind::CustomerMessage,
-                    Some((conversation_id, &ticket_id)),
-                )
-                .await?;
+        let ticket_ids: Vec<String> = ticket_ids.into_iter().collect();
+        let select = format!(
+            "SELECT {} FROM notification_tickets",
+            bulk::column_list(TICKET_ROW)
+        );
+        let rows: Vec<TicketRow> = bulk::select_in(tx, &select, "ticket_id", &ticket_ids).await?;
+        fold.tickets = rows.into_iter().map(|r| (r.ticket_id.clone(), r)).collect();
+        for (event, decoded_event) in decoded {
+            match decoded_event {
+                Decoded::Ticket(ticket_event) => fold.ticket(event, ticket_event)?,
+                Decoded::Conversation(conversation_event) => {
+                    fold.conversation(event, conversation_event)?
+                }
             }
         }
-        _ => {}
+        fold.write(tx).await
     }
-    Ok(())
+
+    fn ticket(&mut self, event: &StoredEvent, ticket_event: TicketEvent) -> Result<(), DbError> {
+        let ticket_id = event.aggregate_id.as_str();
+        let actor = event.metadata.actor.id.as_str();
+        match ticket_event {
+            TicketEvent::TicketCreated {
+                organization,
+                number,
+                ..
+            } => {
+                if self.tickets.contains_key(ticket_id) {
+                    return Err(DbError::Corrupt(format!(
+                        "ticket {ticket_id} created twice"
+                    )));
+                }
+                self.tickets.insert(
+                    ticket_id.to_string(),
+                    TicketRow {
+                        ticket_id: ticket_id.to_string(),
+                        organization_id: organization,
+                        number,
+                        holder_id: None,
+                    },
+                );
+                self.changed_tickets.insert(ticket_id.to_string());
+            }
+            TicketEvent::TicketAssigned {
+                agent_id,
+                previous_agent_id,
+                via,
+                ..
+            } => {
+                self.set_holder(ticket_id, Some(agent_id.clone()));
+                if via == AssignmentVia::Escalation {
+                    self.notify(event, &agent_id, NotificationKind::EscalatedToYou, None)?;
+                    if let Some(previous) = &previous_agent_id {
+                        self.notify(event, previous, NotificationKind::EscalatedAway, None)?;
+                    }
+                } else if agent_id != actor {
+                    self.notify(event, &agent_id, NotificationKind::TicketAssigned, None)?;
+                }
+            }
+            TicketEvent::TicketReopened {
+                previous_agent_id, ..
+            } => {
+                self.set_holder(ticket_id, None);
+                if let Some(previous) = previous_agent_id.filter(|p| p != actor) {
+                    self.notify(event, &previous, NotificationKind::TicketReopened, None)?;
+                }
+            }
+            TicketEvent::TicketRequeued { .. }
+            | TicketEvent::TicketResolved { .. }
+            | TicketEvent::TicketClosed => self.set_holder(ticket_id, None),
+            TicketEvent::TicketStarted { .. }
+            | TicketEvent::TicketPriorityChanged { .. }
+            | TicketEvent::CommentAdded { .. }
+            | TicketEvent::TicketRated { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// A ticket never created keeps no holder, as an UPDATE of no row would.
+    fn set_holder(&mut self, ticket_id: &str, holder: Option<String>) {
+        if let Some(row) = self.tickets.get_mut(ticket_id) {
+            row.holder_id = holder;
+            self.changed_tickets.insert(ticket_id.to_string());
+        }
+    }
+
+    fn conversation(
+        &mut self,
+        event: &StoredEvent,
+        conversation_event: ConversationEvent,
+    ) -> Result<(), DbError> {
+        let conversation_id = event.aggregate_id.as_str();
+        match conversation_event {
+            ConversationEvent::TicketLinked { ticket_id } => {
+                self.conversations
+                    .insert(conversation_id.to_string(), ticket_id);
+                self.changed_conversations
+                    .insert(conversation_id.to_string());
+            }
+            ConversationEvent::MessageReceived { .. } => {
+                let holder = self
+                    .conversations
+                    .get(conversation_id)
+                    .and_then(|ticket_id| self.tickets.get(ticket_id))
+                    .and_then(|row| Some((row.ticket_id.clone(), row.holder_id.clone()?)));
+                if let Some((ticket_id, holder)) = holder {
+                    self.notify(
+                        event,
+                        &holder,
+                        NotificationKind::CustomerMessage,
+                        Some((conversation_id, &ticket_id)),
+                    )?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Adds the notification `user_id` gets from `event` (about its ticket, or the ticket
+    /// `ticket_id` for conversation events), with the ticket's number as it stands.
+    fn notify(
+        &mut self,
+        event: &StoredEvent,
+        user_id: &str,
+        kind: NotificationKind,
+        conversation: Option<(&str, &str)>,
+    ) -> Result<(), DbError> {
+        let (ticket_id, conversation_id) = match conversation {
+            Some((conversation_id, ticket_id)) => (ticket_id, Some(conversation_id.to_string())),
+            None => (event.aggregate_id.as_str(), None),
+        };
+        let number = self.tickets.get(ticket_id).map(|row| row.number);
+        self.notifications.push([
+            notification_id(event.position(), user_id).into(),
+            event.metadata.organization.as_str().into(),
+            user_id.into(),
+            kind.as_str().into(),
+            ticket_id.into(),
+            number.into(),
+            conversation_id.into(),
+            timestamp(event.occurred_at()).into(),
+            event.position().into(),
+            None::<String>.into(),
+            false.into(),
+        ])
+    }
+
+    async fn write(mut self, tx: &mut Tx) -> Result<(), DbError> {
+        let mut tickets = Rows::new("notification_tickets", TICKET_ROW);
+        for id in &self.changed_tickets {
+            if let Some(row) = self.tickets.remove(id) {
+                tickets.push([
+                    row.ticket_id.into(),
+                    row.organization_id.into(),
+                    row.number.into(),
+                    row.holder_id.into(),
+                ])?;
+            }
+        }
+        tickets
+            .insert(tx, &bulk::replace_on_conflict(TICKET_ROW, &["ticket_id"]))
+            .await?;
+        let mut links = Rows::new("notification_conversations", CONVERSATION_ROW);
+        for id in self.changed_conversations {
+            if let Some(ticket) = self.conversations.remove(&id) {
+                links.push([id.into(), ticket.into()])?;
+            }
+        }
+        links
+            .insert(
+                tx,
+                &bulk::replace_on_conflict(CONVERSATION_ROW, &["conversation_id"]),
+            )
+            .await?;
+        self.notifications
+            .insert(tx, "ON CONFLICT (id) DO NOTHING")
+            .await
+    }
+}
+
+/// A decoded event of a run.
+enum Decoded {
+    Ticket(TicketEvent),
+    Conversation(ConversationEvent),
 }
 
 async fn apply_notification(tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
