@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use domain::Role;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use projections::db::Backend;
 use projections::event_log::LogFilter;
 use projections::{audit, event_log, rebuild, Database};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +53,11 @@ pub enum Command {
         /// Only this projection (default: all).
         #[arg(long)]
         projection: Option<String>,
+        /// Projections rebuilt at the same time (default: 2 on PostgreSQL, where the
+        /// database's work for one overlaps the folding of another; 1 on SQLite, whose one
+        /// writer would make the swaps queue).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
+        jobs: Option<u64>,
     },
     /// Write the event log to stdout in commit order (progress on stderr).
     Export {
@@ -116,7 +122,7 @@ pub async fn run(cli: Cli, config: Config, shutdown: CancellationToken) -> anyho
             println!("{}", keys.issue(sub.trim(), org.trim(), role, ttl));
             Ok(())
         }
-        Command::Replay { projection } => replay(config, projection).await,
+        Command::Replay { projection, jobs } => replay(config, projection, jobs).await,
         Command::Export {
             format,
             from,
@@ -155,42 +161,68 @@ fn progress_bar(total: u64, prefix: &str, unit: &str) -> anyhow::Result<Progress
     Ok(bar)
 }
 
-async fn replay(config: Config, only: Option<String>) -> anyhow::Result<()> {
+async fn replay(config: Config, only: Option<String>, jobs: Option<u64>) -> anyhow::Result<()> {
     let db = Database::connect(config.database_url.as_deref()).await?;
     db.migrate().await?;
     let projections = all_projections();
     let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
     let selected: Vec<_> = match &only {
-        None => projections.iter().collect(),
+        None => projections.clone(),
         Some(name) => {
-            let found: Vec<_> = projections.iter().filter(|p| p.name() == name).collect();
+            let found: Vec<_> = projections
+                .iter()
+                .filter(|p| p.name() == name)
+                .cloned()
+                .collect();
             if found.is_empty() {
                 anyhow::bail!("unknown projection '{name}'; known: {}", names.join(", "));
             }
             found
         }
     };
+    let at_once = jobs.map_or(
+        match db {
+            Backend::Postgres(_) => 2,
+            Backend::Sqlite(_) => 1,
+        },
+        |jobs| jobs as usize,
+    );
     let total = event_log::count_after(&db, event_log::Checkpoint::START, i64::MAX).await?;
-    for projection in selected {
-        let bar = progress_bar(total as u64, projection.name(), "events")?;
-        let rebuilt = rebuild::rebuild(&db, projection.as_ref(), |read| bar.inc(read as u64)).await;
-        let rebuilt = match rebuilt {
-            Ok(rebuilt) => rebuilt,
+    let bars = MultiProgress::new();
+    let mut by_name = std::collections::HashMap::new();
+    for projection in &selected {
+        let bar = bars.add(progress_bar(total as u64, projection.name(), "events")?);
+        by_name.insert(projection.name(), bar);
+    }
+    let outcomes = rebuild::rebuild_all(&db, &selected, at_once, |name, read| {
+        if let Some(bar) = by_name.get(name) {
+            bar.inc(read as u64);
+        }
+    })
+    .await;
+    let mut failed = Vec::new();
+    for (name, outcome) in outcomes {
+        let bar = &by_name[name];
+        match outcome {
+            Ok(rebuilt) => {
+                bar.finish();
+                bars.suspend(|| {
+                    eprintln!(
+                        "{name:>14} swapped in at position {} ({} events applied, swap held {:.0?})",
+                        rebuilt.checkpoint.position, rebuilt.applied, rebuilt.swap
+                    )
+                });
+            }
             Err(error) => {
                 bar.abandon();
-                anyhow::bail!("rebuilding {} failed: {error}", projection.name());
+                failed.push(format!("rebuilding {name} failed: {error}"));
             }
-        };
-        bar.finish();
-        eprintln!(
-            "{:>14} swapped in at position {} ({} events applied, swap held {:.0?})",
-            projection.name(),
-            rebuilt.checkpoint.position,
-            rebuilt.applied,
-            rebuilt.swap
-        );
+        }
     }
     db.close().await;
+    if !failed.is_empty() {
+        anyhow::bail!("{}", failed.join("; "));
+    }
     Ok(())
 }
 

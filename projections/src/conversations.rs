@@ -498,13 +498,13 @@ impl Projection for OutboxProjection {
             .collect();
         let mut new_routes = Rows::new("outbox_routes", ROUTE_ROW);
         for (conversation, organization, channel) in started {
-            if !routes.contains_key(&conversation) {
+            if let std::collections::hash_map::Entry::Vacant(vacant) = routes.entry(conversation) {
                 new_routes.push([
-                    conversation.as_str().into(),
+                    vacant.key().as_str().into(),
                     organization.as_str().into(),
                     channel.as_str().into(),
                 ])?;
-                routes.insert(conversation, (organization, channel));
+                vacant.insert((organization, channel));
             }
         }
         let now = Utc::now();

@@ -79,6 +79,32 @@ pub async fn rebuild(
     result
 }
 
+/// Rebuilds each of `projections` as [`rebuild`] does, `at_once` of them at a time (each on
+/// its connection, each swapped in as soon as it is complete), so the database's work for
+/// one overlaps the helpdesk's folding for another. `progress` receives the projection's
+/// name and the events each batch read. Returns every projection's outcome in the order
+/// given; a failed rebuild does not stop the others (its live tables stay as they were).
+pub async fn rebuild_all(
+    db: &Database,
+    projections: &[std::sync::Arc<dyn Projection>],
+    at_once: usize,
+    progress: impl Fn(&'static str, usize) + Sync,
+) -> Vec<(&'static str, Result<Rebuilt, DbError>)> {
+    use futures::StreamExt;
+    let progress = &progress;
+    futures::stream::iter(projections.iter())
+        .map(|projection| async move {
+            let name = projection.name();
+            (
+                name,
+                rebuild(db, projection.as_ref(), |read| progress(name, read)).await,
+            )
+        })
+        .buffered(at_once.max(1))
+        .collect()
+        .await
+}
+
 /// Empty copies of a projection's tables on a connection of their own, filled by the
 /// projection's own code from chosen events: what the read model *would* hold after just
 /// those events. Time travel (`ticketAsOf`) reads a past state this way, so it can never

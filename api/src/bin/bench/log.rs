@@ -159,12 +159,19 @@ const ROUND_TRIPS: usize = 2_000;
 /// The fixed seed of the simulation.
 const SEED: u64 = 0x1065_7e57;
 
+/// Projections rebuilt at once in the "all" measurement: what `helpdesk replay` does on
+/// PostgreSQL by default.
+const REPLAY_AT_ONCE: usize = 2;
+
 /// The figures of one backend.
 pub struct LogRun {
     backend: &'static str,
     seeding: Seeding,
     reads: Vec<ReadRate>,
     rebuilds: Vec<RebuildFigures>,
+    /// Every projection rebuilt as `helpdesk replay` does on PostgreSQL:
+    /// (projections at once, wall time).
+    replay_all: Option<(usize, Duration)>,
     /// Row counts that differ from what was seeded: (table, found, expected).
     mismatches: Vec<(String, i64, i64)>,
     checked_tables: usize,
@@ -368,6 +375,30 @@ async fn measure_on(backend: &'static str, db: &Database, args: &Args) -> anyhow
             load,
         });
     }
+    let replay_all = if rebuilds.len() == all_projections().len() {
+        let at_once = REPLAY_AT_ONCE;
+        let progress = progress_bar(n * rebuilds.len() as u64, "events read (all projections)")?;
+        let started = Instant::now();
+        for (name, outcome) in rebuild::rebuild_all(db, &all_projections(), at_once, |_, read| {
+            progress.inc(read as u64)
+        })
+        .await
+        {
+            outcome.with_context(|| format!("rebuilding {name}"))?;
+        }
+        let elapsed = started.elapsed();
+        progress.finish_and_clear();
+        eprintln!(
+            "log / {backend}: rebuilt every projection, {at_once} at once, in {:.1} s ({:.0} log \
+             events/s; load {})",
+            elapsed.as_secs_f64(),
+            rate(n, elapsed),
+            loadavg()
+        );
+        Some((at_once, elapsed))
+    } else {
+        None
+    };
     loads.push(("rebuilt".into(), loadavg()));
     let (checked_tables, mismatches) = if rebuilds.len() == all_projections().len() {
         check_counts(db, &seeding.tally).await?
@@ -449,6 +480,7 @@ async fn measure_on(backend: &'static str, db: &Database, args: &Args) -> anyhow
         seeding,
         reads,
         rebuilds,
+        replay_all,
         mismatches,
         checked_tables,
         round_trip,
@@ -2395,6 +2427,16 @@ pub fn print_report(args: &Args, runs: &[LogRun]) {
                 total.as_secs_f64(),
                 rate(n, total)
             );
+            if let Some((at_once, elapsed)) = run.replay_all {
+                println!(
+                "  {:<17} {:>9} {:>8.1} {:>12.0}   (rebuild::rebuild_all, {at_once} at once, as \
+                 `helpdesk replay` on PostgreSQL)",
+                "all, concurrently",
+                run.rebuilds.iter().map(|r| r.applied).sum::<usize>(),
+                elapsed.as_secs_f64(),
+                rate(n, elapsed)
+            );
+            }
             if run.mismatches.is_empty() {
                 println!(
                     "  row counts: all {} checks equal what the simulation decided",
