@@ -26,8 +26,9 @@
 use async_trait::async_trait;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
+use crate::bulk::{Kind, Rows};
 use crate::db::{Backend, Database, DbError, Tx};
 use crate::event_log::{self, Checkpoint, LogFilter, StoredEvent};
 use crate::on_backend;
@@ -63,32 +64,52 @@ impl Projection for AuditChainProjection {
     }
 
     async fn apply(&self, tx: &mut Tx, event: &StoredEvent) -> Result<(), DbError> {
-        let organization = &event.metadata.organization;
-        let last: Option<(i64, String)> = on_backend!(tx, |t| sqlx::query_as(
-            "SELECT link, hash FROM audit_chain WHERE organization_id = $1
-              ORDER BY link DESC LIMIT 1"
-        )
-        .bind(organization)
-        .fetch_optional(&mut **t)
-        .await?);
-        let (link, previous) = match last {
-            Some((link, hash)) => (link + 1, parse_hash(&hash)?),
-            None => (1, GENESIS),
-        };
-        let hash = hex::encode(link_hash(&previous, event));
-        on_backend!(tx, |t| {
-            sqlx::query(
-                "INSERT INTO audit_chain (organization_id, link, position, hash)
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(organization)
-            .bind(link)
-            .bind(event.position())
-            .bind(&hash)
-            .execute(&mut **t)
-            .await?;
-        });
-        Ok(())
+        self.apply_batch(tx, &[event]).await
+    }
+
+    /// Reads the last link of each organization in the batch once, chains the batch's
+    /// events in memory, and inserts their links in one statement.
+    async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
+        let mut heads: HashMap<&str, (i64, [u8; 32])> = HashMap::new();
+        let mut links = Rows::new("audit_chain", LINK_ROW);
+        for event in events {
+            let organization = event.metadata.organization.as_str();
+            let (link, previous) = match heads.get(organization) {
+                Some(head) => *head,
+                None => last_link(tx, organization).await?,
+            };
+            let hash = link_hash(&previous, event);
+            links.push([
+                organization.into(),
+                (link + 1).into(),
+                event.position().into(),
+                hex::encode(hash).into(),
+            ])?;
+            heads.insert(organization, (link + 1, hash));
+        }
+        links.insert(tx, "").await
+    }
+}
+
+const LINK_ROW: &[(&str, Kind)] = &[
+    ("organization_id", Kind::Text),
+    ("link", Kind::Int),
+    ("position", Kind::Int),
+    ("hash", Kind::Text),
+];
+
+/// The organization's last stored link and hash (0 and [`GENESIS`] before its first event).
+async fn last_link(tx: &mut Tx, organization: &str) -> Result<(i64, [u8; 32]), DbError> {
+    let last: Option<(i64, String)> = on_backend!(tx, |t| sqlx::query_as(
+        "SELECT link, hash FROM audit_chain WHERE organization_id = $1
+          ORDER BY link DESC LIMIT 1"
+    )
+    .bind(organization)
+    .fetch_optional(&mut **t)
+    .await?);
+    match last {
+        Some((link, hash)) => Ok((link, parse_hash(&hash)?)),
+        None => Ok((0, GENESIS)),
     }
 }
 
