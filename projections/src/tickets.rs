@@ -263,12 +263,27 @@ impl Fold {
         let mut fold = Fold::default();
         let mut ids = BTreeSet::new();
         let mut organizations = BTreeSet::new();
+        // A batch of a live runner is often one event: read only the tables it needs.
+        let (mut moves_queues, mut numbers_joins) = (false, false);
         for (event, ticket_event) in events {
             if ids.insert(event.aggregate_id.as_str()) {
                 fold.touched.push(event.aggregate_id.clone());
             }
-            if let TicketEvent::TicketCreated { organization, .. } = ticket_event {
-                organizations.insert(organization.clone());
+            match ticket_event {
+                TicketEvent::TicketCreated { organization, .. } => {
+                    organizations.insert(organization.clone());
+                    (moves_queues, numbers_joins) = (true, true);
+                }
+                TicketEvent::TicketReopened { .. } | TicketEvent::TicketRequeued { .. } => {
+                    (moves_queues, numbers_joins) = (true, true);
+                }
+                TicketEvent::TicketAssigned { .. }
+                | TicketEvent::TicketClosed
+                | TicketEvent::TicketPriorityChanged { .. } => moves_queues = true,
+                TicketEvent::TicketStarted { .. }
+                | TicketEvent::TicketResolved { .. }
+                | TicketEvent::CommentAdded { .. }
+                | TicketEvent::TicketRated { .. } => {}
             }
         }
         let ids: Vec<String> = ids.into_iter().map(str::to_string).collect();
@@ -278,11 +293,17 @@ impl Fold {
             organizations.insert(row.organization_id.clone());
             fold.tickets.insert(row.id.clone(), row);
         }
+        if !moves_queues {
+            return Ok(fold);
+        }
         let select = format!("SELECT {} FROM queue_entries", bulk::column_list(ENTRY_ROW));
         let stored: Vec<EntryRow> = bulk::select_in(tx, &select, "ticket_id", &ids).await?;
         for entry in stored {
             fold.stored_entries.push(entry.ticket_id.clone());
             fold.entries.insert(entry.ticket_id.clone(), Some(entry));
+        }
+        if !numbers_joins {
+            return Ok(fold);
         }
         let organizations: Vec<String> = organizations.into_iter().collect();
         let select = format!(
