@@ -36,19 +36,11 @@ impl Projection for AgentsProjection {
     /// Reads the batch's agents and all their slot reservations, folds the events in
     /// memory, and writes the agents back and their reservations anew.
     async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
-        let mut decoded = Vec::with_capacity(events.len());
-        for event in events.iter().filter(|e| e.aggregate_type == "AgentStatus") {
-            decoded.push((*event, event.decode::<AgentEvent>()?));
-        }
+        let decoded = bulk::decode_all::<AgentEvent>(events, "AgentStatus")?;
         if decoded.is_empty() {
             return Ok(());
         }
-        let mut ids: Vec<String> = decoded
-            .iter()
-            .map(|(e, _)| e.aggregate_id.clone())
-            .collect();
-        ids.sort();
-        ids.dedup();
+        let ids = bulk::aggregate_ids(&decoded);
         let select = format!("SELECT {} FROM agents", bulk::column_list(AGENT_ROW));
         let stored: Vec<AgentRow> = bulk::select_in(tx, &select, "id", &ids).await?;
         let mut agents: BTreeMap<String, AgentRow> =

@@ -19,6 +19,7 @@
 //! [`Projection::apply_batch`]: crate::runner::Projection::apply_batch
 
 use crate::db::{Backend, DbError, Tx};
+use crate::event_log::StoredEvent;
 
 /// A column's SQL type, as the arrays are typed on PostgreSQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +208,29 @@ impl Rows {
         }
         Ok(())
     }
+}
+
+/// The events of `aggregate_type` in a batch, each with its payload decoded as `E`.
+pub fn decode_all<'e, E: serde::de::DeserializeOwned>(
+    events: &[&'e StoredEvent],
+    aggregate_type: &str,
+) -> Result<Vec<(&'e StoredEvent, E)>, DbError> {
+    events
+        .iter()
+        .filter(|e| e.aggregate_type == aggregate_type)
+        .map(|e| Ok((*e, e.decode::<E>()?)))
+        .collect()
+}
+
+/// The distinct aggregate ids of decoded events, sorted (the keys to read their rows by).
+pub fn aggregate_ids<E>(decoded: &[(&StoredEvent, E)]) -> Vec<String> {
+    let mut ids: Vec<String> = decoded
+        .iter()
+        .map(|(e, _)| e.aggregate_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// `a, b, c` of the columns, for a `SELECT` of the rows [`Rows`] writes.

@@ -49,19 +49,11 @@ impl Projection for ConversationsProjection {
     /// each once, and inserts the batch's messages and bot interactions in one statement
     /// each.
     async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
-        let mut decoded = Vec::with_capacity(events.len());
-        for event in events.iter().filter(|e| e.aggregate_type == "Conversation") {
-            decoded.push((*event, event.decode::<ConversationEvent>()?));
-        }
+        let decoded = bulk::decode_all::<ConversationEvent>(events, "Conversation")?;
         if decoded.is_empty() {
             return Ok(());
         }
-        let mut ids: Vec<String> = decoded
-            .iter()
-            .map(|(e, _)| e.aggregate_id.clone())
-            .collect();
-        ids.sort();
-        ids.dedup();
+        let ids = bulk::aggregate_ids(&decoded);
         let select = format!(
             "SELECT {} FROM conversations",
             bulk::column_list(CONVERSATION_ROW)

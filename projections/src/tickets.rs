@@ -52,10 +52,7 @@ impl Projection for TicketsProjection {
     }
 
     async fn apply_batch(&self, tx: &mut Tx, events: &[&StoredEvent]) -> Result<(), DbError> {
-        let mut decoded = Vec::with_capacity(events.len());
-        for event in events.iter().filter(|e| e.aggregate_type == "Ticket") {
-            decoded.push((*event, event.decode::<TicketEvent>()?));
-        }
+        let decoded = bulk::decode_all::<TicketEvent>(events, "Ticket")?;
         if decoded.is_empty() {
             return Ok(());
         }
