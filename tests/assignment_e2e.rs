@@ -216,7 +216,7 @@ async fn round_robin_deals_thirty_tickets_ten_each_in_rotation() {
         let decisions: Vec<serde_json::Value> = events
             .iter()
             .filter(|e| e.event_type == "TicketAssigned")
-            .map(|e| e.payload["TicketAssigned"].clone())
+            .map(|e| e.value().expect("stored payload")["TicketAssigned"].clone())
             .collect();
         assert_eq!(decisions.len(), 30);
         let fourth = &decisions[3];

@@ -103,7 +103,8 @@ impl Log {
                     sequence: *sequence,
                     event_type,
                     event_version: "1.0".into(),
-                    payload,
+                    payload: serde_json::value::to_raw_value(&payload)
+                        .expect("a JSON value serializes"),
                     metadata: EventMetadata {
                         organization: org.into(),
                         actor: Actor::new("whatsapp-bridge", Role::Service),

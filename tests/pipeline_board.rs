@@ -225,7 +225,8 @@ impl World {
                     sequence: *sequence,
                     event_type: p.event_type.clone(),
                     event_version: "1.0".into(),
-                    payload: p.payload.clone(),
+                    payload: serde_json::value::to_raw_value(&p.payload)
+                        .expect("a JSON value serializes"),
                     metadata: EventMetadata {
                         organization: p.organization.clone(),
                         actor: p.actor.clone(),

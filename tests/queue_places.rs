@@ -153,7 +153,7 @@ impl Writer {
             sequence,
             event_type: event.event_type(),
             event_version: event.event_version(),
-            payload: serde_json::to_value(&event).expect("serialize event"),
+            payload: serde_json::value::to_raw_value(&event).expect("serialize event"),
             metadata: EventMetadata {
                 organization: organization.into(),
                 actor: Actor::new("boss", Role::Admin),

@@ -1,6 +1,7 @@
 //! The metadata every event carries (brief rule 7), stored beside the payload in the log.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::actor::{Actor, Role};
@@ -61,23 +62,45 @@ impl EventMetadata {
         map
     }
 
-    /// Reads metadata back from the stored map; `None` when a required key is missing
-    /// or malformed.
-    pub fn from_map(map: &HashMap<String, String>) -> Option<Self> {
+    /// Reads metadata back from the stored map's JSON text (what [`EventMetadata::to_map`]
+    /// wrote); `None` when it is not such a map or a required key is missing or
+    /// malformed. Reads the text in place: the log is read a million events at a time.
+    pub fn from_json(text: &str) -> Option<Self> {
+        let stored: StoredMetadata<'_> = serde_json::from_str(text).ok()?;
         Some(Self {
-            organization: map.get(keys::ORGANIZATION)?.clone(),
+            organization: stored.organization?.into_owned(),
             actor: Actor {
-                id: map.get(keys::ACTOR_ID)?.clone(),
-                role: map.get(keys::ACTOR_ROLE)?.parse::<Role>().ok()?,
+                id: stored.actor_id?.into_owned(),
+                role: stored.actor_role?.parse::<Role>().ok()?,
             },
-            occurred_at: DateTime::parse_from_rfc3339(map.get(keys::OCCURRED_AT)?)
+            occurred_at: DateTime::parse_from_rfc3339(&stored.occurred_at?)
                 .ok()?
                 .with_timezone(&Utc),
-            request_id: map.get(keys::REQUEST_ID)?.clone(),
-            correlation_id: map.get(keys::CORRELATION_ID)?.clone(),
-            causation_id: map.get(keys::CAUSATION_ID).cloned(),
+            request_id: stored.request_id?.into_owned(),
+            correlation_id: stored.correlation_id?.into_owned(),
+            causation_id: stored.causation_id.map(Cow::into_owned),
         })
     }
+}
+
+/// The stored map's fields, borrowed from its text where no unescaping is needed (the
+/// names are those of [`keys`]; a test holds them together).
+#[derive(serde::Deserialize)]
+struct StoredMetadata<'a> {
+    #[serde(borrow)]
+    organization: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    actor_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    actor_role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    occurred_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    request_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    correlation_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    causation_id: Option<Cow<'a, str>>,
 }
 
 #[cfg(test)]
@@ -96,7 +119,15 @@ mod tests {
             correlation_id: "req-1".into(),
             causation_id: Some("42".into()),
         };
-        assert_eq!(EventMetadata::from_map(&metadata.to_map()), Some(metadata));
+        let stored = serde_json::to_string(&metadata.to_map()).unwrap();
+        assert_eq!(EventMetadata::from_json(&stored), Some(metadata.clone()));
+        // Escaped text is unescaped.
+        let escaped = EventMetadata {
+            request_id: "req \"1\"\n".into(),
+            ..metadata
+        };
+        let stored = serde_json::to_string(&escaped.to_map()).unwrap();
+        assert_eq!(EventMetadata::from_json(&stored), Some(escaped));
     }
 
     #[test]
@@ -111,6 +142,8 @@ mod tests {
         }
         .to_map();
         map.remove(keys::ORGANIZATION);
-        assert_eq!(EventMetadata::from_map(&map), None);
+        let stored = serde_json::to_string(&map).unwrap();
+        assert_eq!(EventMetadata::from_json(&stored), None);
+        assert_eq!(EventMetadata::from_json("[]"), None);
     }
 }

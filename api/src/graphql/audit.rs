@@ -61,9 +61,10 @@ pub struct EventRecord {
 }
 
 impl EventRecord {
-    fn from_stored(event: StoredEvent) -> Self {
+    fn from_stored(event: StoredEvent) -> ApiResult<Self> {
+        let payload = event.value().map_err(ApiError::from)?;
         let metadata = serde_json::to_value(event.metadata.to_map()).unwrap_or_default();
-        Self {
+        Ok(Self {
             position: event.position(),
             occurred_at: event.occurred_at(),
             actor_id: event.metadata.actor.id.clone(),
@@ -73,9 +74,9 @@ impl EventRecord {
             sequence: event.sequence,
             event_type: event.event_type,
             event_version: event.event_version,
-            payload: Json(event.payload),
+            payload: Json(payload),
             metadata: Json(metadata),
-        }
+        })
     }
 }
 
@@ -230,11 +231,13 @@ impl AuditQuery {
         page.truncate(first as usize);
         let edges: Vec<EventEdge> = page
             .into_iter()
-            .map(|event| EventEdge {
-                cursor: event_cursor(event.checkpoint),
-                node: EventRecord::from_stored(event),
+            .map(|event| {
+                Ok(EventEdge {
+                    cursor: event_cursor(event.checkpoint),
+                    node: EventRecord::from_stored(event)?,
+                })
             })
-            .collect();
+            .collect::<ApiResult<_>>()?;
         Ok(EventConnection {
             page_info: PageInfo {
                 has_next_page,

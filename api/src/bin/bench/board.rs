@@ -1401,7 +1401,7 @@ async fn move_event(
         sequence,
         event_type: event.event_type(),
         event_version: event.event_version(),
-        payload: serde_json::to_value(&event)?,
+        payload: serde_json::value::to_raw_value(&event)?,
         metadata: EventMetadata {
             organization: ORGANIZATION.into(),
             actor,

@@ -1044,7 +1044,8 @@ fn events(data: &Data, calendar: &Calendar, keys: &[CustomerKey]) -> Vec<StoredE
                 sequence: *sequence,
                 event_type,
                 event_version: "1.0".into(),
-                payload,
+                payload: serde_json::value::to_raw_value(&payload)
+                    .expect("a JSON value serializes"),
                 metadata: EventMetadata {
                     organization: ORGANIZATION.into(),
                     actor: match kind {

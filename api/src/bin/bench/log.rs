@@ -2177,7 +2177,7 @@ async fn chain(db: &Database, n: u64, limit: Duration) -> anyhow::Result<ChainFi
                 let (link, previous) = last
                     .entry(event.metadata.organization.clone())
                     .or_insert((0, GENESIS));
-                let hash = audit::link_hash(previous, event);
+                let hash = audit::link_hash(previous, event)?;
                 *link += 1;
                 *previous = hash;
                 links.push((
