@@ -53,9 +53,9 @@ pub enum Command {
         /// Only this projection (default: all).
         #[arg(long)]
         projection: Option<String>,
-        /// Projections rebuilt at the same time (default: 2 on PostgreSQL, where the
-        /// database's work for one overlaps the folding of another; 1 on SQLite, whose one
-        /// writer would make the swaps queue).
+        /// Projections applying a batch of the shared read of the log at the same time
+        /// (default: 2 on PostgreSQL, where the database's work for one overlaps the
+        /// folding of another; 1 on SQLite, whose one writer would make them queue).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
         jobs: Option<u64>,
     },

@@ -52,6 +52,10 @@ pub enum DbError {
     /// Stored data could not be read back.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// Work that depended on another task stopped because that task failed (a rebuild's
+    /// shared read of the log).
+    #[error("abandoned: {0}")]
+    Abandoned(String),
     /// The data folder could not be created.
     #[error("cannot create data folder {path}: {source}")]
     DataFolder {

@@ -564,6 +564,29 @@ pub async fn batch(
     // Passing over costs little, so a projection of a few types takes a longer stretch.
     let stretch = stretch.events(wanted.is_some());
     let window = event_log::read_window(db, cursor.seen, stretch, wanted).await?;
+    apply_window(
+        db,
+        projection,
+        cursor,
+        &window,
+        telemetry,
+        pause_before_commit,
+    )
+    .await
+}
+
+/// The second half of [`batch`]: applies the events of `window` (read after `cursor.seen`,
+/// possibly with events of other types, which are passed over) that `projection`
+/// consumes, in one transaction with the guarded checkpoint move. A rebuild of many
+/// projections reads each window once and hands it to every one of them.
+pub async fn apply_window(
+    db: &Database,
+    projection: &dyn Projection,
+    cursor: Cursor,
+    window: &event_log::LogWindow,
+    telemetry: Option<&ProjectionTelemetry>,
+    pause_before_commit: bool,
+) -> Result<Step, DbError> {
     let Some((to, last_occurred_at)) = window.last else {
         return Ok(Step::Idle);
     };
@@ -725,8 +748,8 @@ pub async fn reset(db: &Database, projection: &dyn Projection) -> Result<(), DbE
 
 /// Applies batches until the projection has passed everything committed when it started,
 /// calling `on_batch(read, applied)` with the number of events each batch read and how
-/// many of them it applied, and stores the final checkpoint. Used by `helpdesk replay` and
-/// tests.
+/// many of them it applied, and stores the final checkpoint. Used by tests to bring live
+/// projections up to the log (a rebuild uses `rebuild::rebuild_all`'s shared read).
 pub async fn catch_up(
     db: &Database,
     projection: &dyn Projection,

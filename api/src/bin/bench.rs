@@ -412,13 +412,20 @@ struct Args {
     /// log: steps to leave out, to measure one part quickly (seeding and reading always run).
     #[arg(long, value_delimiter = ',', value_enum)]
     log_skip: Vec<LogStep>,
+    /// log: rebuild all projections together once per value, that many applying at once
+    /// (`helpdesk replay --jobs`).
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    log_replay_jobs: Vec<usize>,
 }
 
 /// The optional steps of `--scenario log`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogStep {
-    /// The rebuild of each projection (and the row-count checks after it).
+    /// Every rebuild: each projection's own and all of them together (and the row-count
+    /// checks after them).
     Rebuild,
+    /// The rebuild of each projection on its own (all of them together still runs).
+    Each,
     /// The statement profile of each projection.
     Profile,
     /// The audit chain's runner, its bulk fill and the verification.

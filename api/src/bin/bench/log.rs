@@ -54,10 +54,14 @@
 //!    (payload and metadata JSON parsed); and `read_raw` in pages of 5,000 (the export's
 //!    read, JSON left as text). The ceiling of anything that reads the whole log.
 //! 2. **Rebuilds**: `projections::rebuild::rebuild` of every projection of
-//!    `all_projections()`, one after the other (what `helpdesk replay` does): wall time,
-//!    events applied, the swap time it reports. Events/s per projection is the log's length
-//!    over its wall time; overall, the log's length over the sum. Then every read model's
-//!    row count is checked against what the simulation decided.
+//!    `all_projections()` on its own, one after the other (skip with `--log-skip each`):
+//!    wall time, events applied, the swap time it reports. Events/s per projection is the
+//!    log's length over its wall time; overall, the log's length over the sum. Then all of
+//!    them together from one read of the log, as `helpdesk replay` does
+//!    (`rebuild::rebuild_all`), once per `--log-replay-jobs` value (projections applying
+//!    at once; default 2, replay's default on PostgreSQL): the log's length over the wall
+//!    time. Then every read model's row count is checked against what the simulation
+//!    decided.
 //! 3. **Where the rebuild time goes**: the round trip (`SELECT 1` on one connection, 2,000
 //!    times), and for every projection owning tables, the first `--log-profile-events`
 //!    (20,000) events of the log applied again into scratch copies of its tables
@@ -159,19 +163,15 @@ const ROUND_TRIPS: usize = 2_000;
 /// The fixed seed of the simulation.
 const SEED: u64 = 0x1065_7e57;
 
-/// Projections rebuilt at once in the "all" measurement: what `helpdesk replay` does on
-/// PostgreSQL by default.
-const REPLAY_AT_ONCE: usize = 2;
-
 /// The figures of one backend.
 pub struct LogRun {
     backend: &'static str,
     seeding: Seeding,
     reads: Vec<ReadRate>,
     rebuilds: Vec<RebuildFigures>,
-    /// Every projection rebuilt as `helpdesk replay` does on PostgreSQL:
-    /// (projections at once, wall time).
-    replay_all: Option<(usize, Duration)>,
+    /// Every projection rebuilt as `helpdesk replay` does, from one read of the log:
+    /// (projections applying at once, events applied, wall time), per `--log-replay-jobs`.
+    replay_all: Vec<(usize, usize, Duration)>,
     /// Row counts that differ from what was seeded: (table, found, expected).
     mismatches: Vec<(String, i64, i64)>,
     checked_tables: usize,
@@ -348,13 +348,14 @@ async fn measure_on(backend: &'static str, db: &Database, args: &Args) -> anyhow
         args.log_projections.is_empty() || args.log_projections.iter().any(|p| p == name)
     };
     let mut rebuilds = Vec::new();
-    for projection in all_projections()
-        .into_iter()
-        .filter(|p| !args.log_skip.contains(&LogStep::Rebuild) && chosen(p.name()))
-    {
+    for projection in all_projections().into_iter().filter(|p| {
+        !args.log_skip.contains(&LogStep::Rebuild)
+            && !args.log_skip.contains(&LogStep::Each)
+            && chosen(p.name())
+    }) {
         let progress = progress_bar(n, &format!("events read ({})", projection.name()))?;
         let started = Instant::now();
-        let rebuilt = rebuild::rebuild(db, projection.as_ref(), |read| progress.inc(read as u64))
+        let rebuilt = rebuild::rebuild(db, projection.clone(), |read| progress.inc(read as u64))
             .await
             .with_context(|| format!("rebuilding {}", projection.name()))?;
         let elapsed = started.elapsed();
@@ -375,32 +376,39 @@ async fn measure_on(backend: &'static str, db: &Database, args: &Args) -> anyhow
             load,
         });
     }
-    let replay_all = if rebuilds.len() == all_projections().len() {
-        let at_once = REPLAY_AT_ONCE;
-        let progress = progress_bar(n * rebuilds.len() as u64, "events read (all projections)")?;
+    let mut replay_all = Vec::new();
+    let every_projection =
+        args.log_projections.is_empty() && !args.log_skip.contains(&LogStep::Rebuild);
+    for &at_once in args.log_replay_jobs.iter().filter(|_| every_projection) {
+        let projections = all_projections();
+        let progress = progress_bar(
+            n * projections.len() as u64,
+            &format!("events read (all projections, {at_once} at once)"),
+        )?;
         let started = Instant::now();
-        for (name, outcome) in rebuild::rebuild_all(db, &all_projections(), at_once, |_, read| {
+        let mut applied = 0;
+        for (name, outcome) in rebuild::rebuild_all(db, &projections, at_once, |_, read| {
             progress.inc(read as u64)
         })
         .await
         {
-            outcome.with_context(|| format!("rebuilding {name}"))?;
+            applied += outcome
+                .with_context(|| format!("rebuilding {name}"))?
+                .applied;
         }
         let elapsed = started.elapsed();
         progress.finish_and_clear();
         eprintln!(
-            "log / {backend}: rebuilt every projection, {at_once} at once, in {:.1} s ({:.0} log \
-             events/s; load {})",
+            "log / {backend}: rebuilt every projection from one read, {at_once} at once, in \
+             {:.1} s ({:.0} log events/s; load {})",
             elapsed.as_secs_f64(),
             rate(n, elapsed),
             loadavg()
         );
-        Some((at_once, elapsed))
-    } else {
-        None
-    };
+        replay_all.push((at_once, applied, elapsed));
+    }
     loads.push(("rebuilt".into(), loadavg()));
-    let (checked_tables, mismatches) = if rebuilds.len() == all_projections().len() {
+    let (checked_tables, mismatches) = if every_projection {
         check_counts(db, &seeding.tally).await?
     } else {
         (0, Vec::new())
@@ -2427,16 +2435,24 @@ pub fn print_report(args: &Args, runs: &[LogRun]) {
                 total.as_secs_f64(),
                 rate(n, total)
             );
-            if let Some((at_once, elapsed)) = run.replay_all {
-                println!(
-                "  {:<17} {:>9} {:>8.1} {:>12.0}   (rebuild::rebuild_all, {at_once} at once, as \
-                 `helpdesk replay` on PostgreSQL)",
-                "all, concurrently",
-                run.rebuilds.iter().map(|r| r.applied).sum::<usize>(),
-                elapsed.as_secs_f64(),
-                rate(n, elapsed)
+        }
+        if !run.replay_all.is_empty() {
+            println!(
+                "\n{}: rebuild of every projection from one read of the log \
+                 (projections::rebuild::rebuild_all, as `helpdesk replay`)",
+                run.backend
             );
+            for (at_once, applied, elapsed) in &run.replay_all {
+                println!(
+                    "  {:<17} {:>9} {:>8.1} {:>12.0}   ({at_once} applying at once)",
+                    "all, one read",
+                    applied,
+                    elapsed.as_secs_f64(),
+                    rate(n, *elapsed)
+                );
             }
+        }
+        if run.checked_tables > 0 || !run.mismatches.is_empty() {
             if run.mismatches.is_empty() {
                 println!(
                     "  row counts: all {} checks equal what the simulation decided",
@@ -2447,7 +2463,8 @@ pub fn print_report(args: &Args, runs: &[LogRun]) {
                     println!("  ROW COUNT MISMATCH: {table} holds {found}, expected {expected}");
                 }
             }
-
+        }
+        if !run.profiles.is_empty() {
             println!(
                 "\n{}: where the rebuild time goes — round trip (SELECT 1, one connection) median \
              {:.0} µs, mean {:.0} µs; the first {} events of the log applied again into scratch \
