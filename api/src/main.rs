@@ -6,6 +6,12 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than the system allocator: a rebuild or an export makes and frees a
+/// dozen small strings per event of the log, and glibc's allocator spent a third of the
+/// helpdesk's CPU on them (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()

@@ -476,6 +476,10 @@ impl BackendChoice {
     }
 }
 
+/// The allocator of the `helpdesk` binary, so that what is measured is what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
