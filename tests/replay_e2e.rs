@@ -3913,6 +3913,76 @@ async fn an_interrupted_rebuild_restarts_cleanly() {
     }
 }
 
+/// Live read-model rows that no longer match the log (changed, deleted, or never made by
+/// it) are put right by a rebuild, whichever way its swap replaces the rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_puts_right_live_rows_that_differ_from_the_log() {
+    let _turn = SERIAL.lock().await;
+    for test_db in TestDb::all().await {
+        let db = test_db.connect().await;
+        let backend = db.backend_name();
+        let history = generate(&db, BASE_EVENTS, seed() ^ 4, true, None).await;
+        append_all(&db, &history.rows).await;
+        let projections = all_projections();
+        for projection in &projections {
+            runner::catch_up(&db, projection.as_ref(), |_, _| {})
+                .await
+                .expect("live catch-up");
+        }
+        let live = snapshot(&db, &projections).await;
+        let live_checkpoints = checkpoints(&db, &projections).await;
+
+        let tampering = [
+            // A value changed, and a value made NULL.
+            "UPDATE tickets SET subject = 'tampered' WHERE id = (SELECT MIN(id) FROM tickets)",
+            "UPDATE tickets SET rating = NULL
+              WHERE id = (SELECT MIN(id) FROM tickets WHERE rating IS NOT NULL)",
+            // NULL made an empty text: alike in neither backend's comparison.
+            "UPDATE tickets SET assignee_id = ''
+              WHERE id = (SELECT MIN(id) FROM tickets WHERE assignee_id IS NULL)",
+            "DELETE FROM ticket_comments WHERE id = (SELECT MIN(id) FROM ticket_comments)",
+            "INSERT INTO tickets (id, organization_id, number, subject, status, priority,
+                                  created_by, created_at, updated_at, search_text, version)
+             VALUES ('not-in-the-log', 'acme', 999999999, 'x', 'open', 'low', 'x',
+                     '2025-01-01T00:00:00.000000Z', '2025-01-01T00:00:00.000000Z', 'x', 1)",
+        ];
+        let mut changed = 0;
+        for statement in tampering {
+            changed += on_backend!(&db, |pool| sqlx::query(statement)
+                .execute(pool)
+                .await
+                .unwrap_or_else(|e| panic!("{backend}: {statement}: {e}"))
+                .rows_affected());
+        }
+        assert!(changed >= 4, "{backend}: only {changed} rows tampered with");
+        let tampered = snapshot(&db, &projections).await;
+        let differing = live
+            .iter()
+            .zip(&tampered)
+            .filter(|(l, t)| l.rows != t.rows)
+            .count();
+        assert_eq!(
+            differing, 2,
+            "{backend}: tickets and ticket_comments were tampered with"
+        );
+        let head = projections::event_log::log_head(&db).await.expect("head");
+
+        for round in ["put right", "already right"] {
+            let rebuilt = rebuild(&db, Arc::new(TicketsProjection), |_| {})
+                .await
+                .unwrap_or_else(|e| panic!("{backend}: rebuild ({round}): {e}"));
+            assert_eq!(rebuilt.checkpoint, head, "{backend}: rebuild ({round})");
+            assert_same(
+                &format!("{backend}: tables after a rebuild ({round})"),
+                &live,
+                &snapshot(&db, &projections).await,
+            );
+        }
+        assert_eq!(checkpoints(&db, &projections).await, live_checkpoints);
+        db.close().await;
+    }
+}
+
 /// A projection that is `inner` (same name and tables, so its rebuild fills the real
 /// shadow copies) but, halfway through the first batch it is given, tells the test how many
 /// events it applied and then never goes on: the test, not a race with a fast rebuild,

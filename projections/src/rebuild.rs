@@ -484,17 +484,10 @@ async fn swap(shadow: &Database, projection: &dyn Projection, live: &str) -> Res
             "rebuild of {name} reached {cursor:?}, behind the live {live_checkpoint:?}"
         )));
     }
+    for table in projection.tables() {
+        replace_rows(&mut tx, live, temp, table).await?;
+    }
     on_backend!(&mut tx, |t| {
-        for table in projection.tables() {
-            sqlx::query(&format!("DELETE FROM {live}.{table}"))
-                .execute(&mut **t)
-                .await?;
-            sqlx::query(&format!(
-                "INSERT INTO {live}.{table} SELECT * FROM {temp}.{table}"
-            ))
-            .execute(&mut **t)
-            .await?;
-        }
         sqlx::query(&format!(
             "UPDATE {live}.projection_checkpoints SET tx_id = $1, position = $2, updated_at = $3
               WHERE name = $4"
@@ -512,6 +505,53 @@ async fn swap(shadow: &Database, projection: &dyn Projection, live: &str) -> Res
         read,
         applied,
     })
+}
+
+/// Makes the live `table` hold exactly the rows of its shadow copy, inside the swap.
+/// On PostgreSQL, a table with a primary key (no two rows alike) keeps the rows the rebuild
+/// reproduced and changes only the others: rows compared whole by their text form, so a
+/// replay that finds what the live runner built writes nothing (no index entries, no WAL,
+/// no dead rows for the next vacuum). Otherwise every row is replaced.
+async fn replace_rows(tx: &mut Tx, live: &str, temp: &str, table: &str) -> Result<(), DbError> {
+    if let Backend::Postgres(t) = tx {
+        let keyed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i
+                              JOIN pg_class c ON c.oid = i.indrelid
+                              JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisprimary)",
+        )
+        .bind(live)
+        .bind(table)
+        .fetch_one(&mut **t)
+        .await?;
+        if keyed {
+            sqlx::query(&format!(
+                "DELETE FROM {live}.{table} AS l
+                  WHERE NOT EXISTS (SELECT 1 FROM {temp}.{table} AS s WHERE s::text = l::text)"
+            ))
+            .execute(&mut **t)
+            .await?;
+            sqlx::query(&format!(
+                "INSERT INTO {live}.{table}
+                 SELECT * FROM {temp}.{table} AS s
+                  WHERE NOT EXISTS (SELECT 1 FROM {live}.{table} AS l WHERE l::text = s::text)"
+            ))
+            .execute(&mut **t)
+            .await?;
+            return Ok(());
+        }
+    }
+    on_backend!(tx, |t| {
+        sqlx::query(&format!("DELETE FROM {live}.{table}"))
+            .execute(&mut **t)
+            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO {live}.{table} SELECT * FROM {temp}.{table}"
+        ))
+        .execute(&mut **t)
+        .await?;
+    });
+    Ok(())
 }
 
 async fn read_checkpoint_in(tx: &mut Tx, schema: &str, name: &str) -> Result<Checkpoint, DbError> {
