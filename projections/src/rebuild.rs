@@ -511,7 +511,8 @@ async fn swap(shadow: &Database, projection: &dyn Projection, live: &str) -> Res
 /// On PostgreSQL, a table with a primary key (no two rows alike) keeps the rows the rebuild
 /// reproduced and changes only the others: rows compared whole by their text form, so a
 /// replay that finds what the live runner built writes nothing (no index entries, no WAL,
-/// no dead rows for the next vacuum). Otherwise every row is replaced.
+/// no dead rows for the next vacuum). Otherwise (and into an empty table) every row is
+/// replaced.
 async fn replace_rows(tx: &mut Tx, live: &str, temp: &str, table: &str) -> Result<(), DbError> {
     if let Backend::Postgres(t) = tx {
         let keyed: bool = sqlx::query_scalar(
@@ -524,7 +525,13 @@ async fn replace_rows(tx: &mut Tx, live: &str, temp: &str, table: &str) -> Resul
         .bind(table)
         .fetch_one(&mut **t)
         .await?;
-        if keyed {
+        // Into an empty table, a plain copy: comparing would only add the work of
+        // rendering every shadow row as text.
+        let occupied: bool =
+            sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {live}.{table})"))
+                .fetch_one(&mut **t)
+                .await?;
+        if keyed && occupied {
             sqlx::query(&format!(
                 "DELETE FROM {live}.{table} AS l
                   WHERE NOT EXISTS (SELECT 1 FROM {temp}.{table} AS s WHERE s::text = l::text)"
