@@ -3763,6 +3763,33 @@ async fn temporary_tables(db: &Database, table: &str) -> i64 {
     }
 }
 
+/// A seeded history of [`BASE_EVENTS`] with every projection caught up live.
+struct CaughtUp {
+    events: usize,
+    projections: Vec<Arc<dyn Projection>>,
+    live: Vec<TableDump>,
+    live_checkpoints: Vec<(&'static str, Checkpoint)>,
+    head: Checkpoint,
+}
+
+async fn caught_up(db: &Database, seed: u64) -> CaughtUp {
+    let history = generate(db, BASE_EVENTS, seed, true, None).await;
+    append_all(db, &history.rows).await;
+    let projections = all_projections();
+    for projection in &projections {
+        runner::catch_up(db, projection.as_ref(), |_, _| {})
+            .await
+            .expect("live catch-up");
+    }
+    CaughtUp {
+        events: history.rows.len(),
+        live: snapshot(db, &projections).await,
+        live_checkpoints: checkpoints(db, &projections).await,
+        head: projections::event_log::log_head(db).await.expect("head"),
+        projections,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_rebuild_restarts_cleanly() {
     let _turn = SERIAL.lock().await;
@@ -3770,17 +3797,13 @@ async fn an_interrupted_rebuild_restarts_cleanly() {
         let started = Instant::now();
         let db = test_db.connect().await;
         let backend = db.backend_name();
-        let history = generate(&db, BASE_EVENTS, seed() ^ 3, true, None).await;
-        append_all(&db, &history.rows).await;
-        let projections = all_projections();
-        for projection in &projections {
-            runner::catch_up(&db, projection.as_ref(), |_, _| {})
-                .await
-                .expect("live catch-up");
-        }
-        let live = snapshot(&db, &projections).await;
-        let live_checkpoints = checkpoints(&db, &projections).await;
-        let head = projections::event_log::log_head(&db).await.expect("head");
+        let CaughtUp {
+            events,
+            projections,
+            live,
+            live_checkpoints,
+            head,
+        } = caught_up(&db, seed() ^ 3).await;
 
         let interrupted: [Arc<dyn Projection>; 2] = [
             Arc::new(TicketsProjection),
@@ -3906,7 +3929,7 @@ async fn an_interrupted_rebuild_restarts_cleanly() {
         );
         eprintln!(
             "{backend}: {} events, {:.1} s in all",
-            history.rows.len(),
+            events,
             started.elapsed().as_secs_f64()
         );
         db.close().await;
@@ -3921,16 +3944,13 @@ async fn a_rebuild_puts_right_live_rows_that_differ_from_the_log() {
     for test_db in TestDb::all().await {
         let db = test_db.connect().await;
         let backend = db.backend_name();
-        let history = generate(&db, BASE_EVENTS, seed() ^ 4, true, None).await;
-        append_all(&db, &history.rows).await;
-        let projections = all_projections();
-        for projection in &projections {
-            runner::catch_up(&db, projection.as_ref(), |_, _| {})
-                .await
-                .expect("live catch-up");
-        }
-        let live = snapshot(&db, &projections).await;
-        let live_checkpoints = checkpoints(&db, &projections).await;
+        let CaughtUp {
+            projections,
+            live,
+            live_checkpoints,
+            head,
+            ..
+        } = caught_up(&db, seed() ^ 4).await;
 
         let tampering = [
             // A value changed, and a value made NULL.
@@ -3965,7 +3985,6 @@ async fn a_rebuild_puts_right_live_rows_that_differ_from_the_log() {
             differing, 2,
             "{backend}: tickets and ticket_comments were tampered with"
         );
-        let head = projections::event_log::log_head(&db).await.expect("head");
 
         for round in ["put right", "already right"] {
             let rebuilt = rebuild(&db, Arc::new(TicketsProjection), |_| {})
