@@ -195,11 +195,23 @@ pub async fn read_window(
     limit: i64,
     wanted: Option<&[&str]>,
 ) -> Result<LogWindow, DbError> {
+    let Some(wanted) = wanted else {
+        // Every event wanted: the plain ordered read costs the database less than marking
+        // each row of the stretch.
+        let events = read_after(db, after, limit).await?;
+        return Ok(LogWindow {
+            read: events.len(),
+            last: events
+                .last()
+                .map(|last| (last.checkpoint, last.occurred_at())),
+            events,
+        });
+    };
     // Only the wanted rows and the stretch's last row leave the database (with the
     // stretch's length): passing over costs an index step, not a row.
     const SQLITE: &str = "
 WITH stretch AS (
-    SELECT *, ($4 IS NULL OR aggregate_type IN (SELECT value FROM json_each($4))) AS wanted
+    SELECT *, aggregate_type IN (SELECT value FROM json_each($4)) AS wanted
       FROM events
      WHERE position > $2 AND $1 >= 0
      ORDER BY position
@@ -218,7 +230,7 @@ SELECT position, 0 AS tx, aggregate_type, aggregate_id, sequence, event_type, ev
     const POSTGRES: &str = concat!(
         postgres_fence!(),
         ", stretch AS (
-    SELECT events.*, ($4::text[] IS NULL OR aggregate_type = ANY($4::text[])) AS wanted
+    SELECT events.*, aggregate_type = ANY($4::text[]) AS wanted
       FROM events, fence
      WHERE (tx_id, position) > ($1::text::xid8, $2)
        AND tx_id < fence.tx
@@ -240,7 +252,7 @@ SELECT position, tx_id::text::bigint AS tx, aggregate_type, aggregate_id, sequen
     );
     let rows: Vec<WindowRow> = match db {
         Backend::Sqlite(pool) => {
-            let wanted = wanted.map(|types| serde_json::json!(types).to_string());
+            let wanted = serde_json::json!(wanted).to_string();
             sqlx::query(SQLITE)
                 .bind(after.tx_id)
                 .bind(after.position)
@@ -256,7 +268,7 @@ SELECT position, tx_id::text::bigint AS tx, aggregate_type, aggregate_id, sequen
             .bind(after.tx_id.to_string())
             .bind(after.position)
             .bind(limit)
-            .bind(wanted.map(|types| types.iter().map(|t| t.to_string()).collect::<Vec<_>>()))
+            .bind(wanted.iter().map(|t| t.to_string()).collect::<Vec<_>>())
             .fetch_all(pool)
             .await?
             .iter()

@@ -176,8 +176,7 @@ enum Delivery {
 /// Reads the log up to its head once, handing each stretch to every projection still
 /// rebuilding, then tells them the end. With `wanted` aggregate types, only their events
 /// are fetched; otherwise every event is: with several projections to feed, a stretch holds
-/// little that none of them consumes, and the plain read costs the database less than
-/// leaving those out.
+/// little that none of them consumes.
 async fn read_once(
     db: &Database,
     wanted: Option<&'static [&'static str]>,
@@ -186,19 +185,7 @@ async fn read_once(
     let target = event_log::log_head(db).await?;
     let mut after = Checkpoint::START;
     while after < target {
-        let window = match wanted {
-            Some(types) => event_log::read_window(db, after, PASS_STRETCH, Some(types)).await?,
-            None => {
-                let events = event_log::read_after(db, after, PASS_STRETCH).await?;
-                LogWindow {
-                    read: events.len(),
-                    last: events
-                        .last()
-                        .map(|last| (last.checkpoint, last.occurred_at())),
-                    events,
-                }
-            }
-        };
+        let window = event_log::read_window(db, after, PASS_STRETCH, wanted).await?;
         let Some((to, _)) = window.last else {
             // The fence may hide the head for a moment on PostgreSQL.
             tokio::time::sleep(Duration::from_millis(5)).await;
